@@ -1,0 +1,263 @@
+"""The `genlab` command. Each subcommand is a thin layer over the Python API.
+
+Text goes to stdout, everything for people (progress, timings, errors) to stderr.
+Bad input is answered by one line, `genlab: error: ...`, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from genlab.errors import GenlabError
+from genlab.progress import console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="genlab: text and image generative models, side by side, on an ordinary machine.",
+)
+
+DEMO_PROMPT = "Explain transformer attention in simple terms"
+
+# -- shared options --------------------------------------------------------------
+Model = Annotated[str, typer.Option("--model", "-m", help="Bundled name, .gguf file, Hugging Face folder or hub id.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="auto (fastest on this machine), float32, float16 or bfloat16.")]
+Temperature = Annotated[float, typer.Option(help="Randomness; 0 = greedy (always the most likely token).")]
+TopK = Annotated[int, typer.Option("--top-k", help="Keep only the K most likely tokens; 0 = off.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Keep the most likely tokens up to this total probability; 1 = off.")]
+MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens less likely than MIN_P x the top token; 0 = off.")]
+RepPenalty = Annotated[float, typer.Option("--repetition-penalty", help="> 1 discourages repeating tokens; 1 = off.")]
+MaxNew = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens.")]
+Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text; repeat for several.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text. Default: random, printed with --json.")]
+System = Annotated[Optional[str], typer.Option(help="System message for chat models.")]
+
+
+def _generator(model: str, device: str, dtype: str):
+    # a warm load takes ~1.5 s; the one slow case, first-use conversion, shows its own bar
+    from genlab.text.generator import TextGenerator
+
+    return TextGenerator(model, device=device, dtype=dtype)
+
+
+def _sampling(**kw):
+    from genlab.text.sampling import SamplingParams
+
+    kw["stop"] = list(kw.get("stop") or [])
+    return SamplingParams(**kw)
+
+
+@app.command()
+def text(
+    prompt: Annotated[str, typer.Argument(help="What to write about; wrapped in the chat template unless --raw.")],
+    model: Model = "smollm2-135m-instruct",
+    temperature: Temperature = 0.7,
+    top_k: TopK = 0,
+    top_p: TopP = 1.0,
+    min_p: MinP = 0.0,
+    repetition_penalty: RepPenalty = 1.0,
+    max_new_tokens: MaxNew = 256,
+    stop: Stop = None,
+    seed: Seed = None,
+    system: System = None,
+    raw: Annotated[bool, typer.Option(help="Continue the prompt as plain text instead of answering it as a chat.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, usage, timings, per-token top probabilities.")] = False,
+    top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="Candidates per token in --json output (0-20).")] = 5,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+):
+    """Generate text from a prompt, streaming it to stdout.
+
+    Example: genlab text "Explain attention" --temperature 0 --max-new-tokens 80
+    """
+    params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0)
+    gen = _generator(model, device, dtype)
+    if as_json:
+        result = gen.complete(prompt, params=params, system=system, raw=raw)
+        print(json.dumps(generation_json(gen, result), ensure_ascii=False, indent=1))
+        return
+    from genlab.text.decode import DecodeStats
+
+    stats = DecodeStats()
+    for piece in gen.stream(prompt, params=params, system=system, raw=raw, stats=stats):
+        sys.stdout.write(piece.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    _print_stats(gen, stats)
+
+
+def generation_json(gen, result) -> dict:
+    tok = gen.tokenizer
+    s = result.stats
+    return {
+        "model": gen.model_name,
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "seed": s.seed,
+        "usage": {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens},
+        "timings": {"load_s": round(gen.load_s, 3), "ttft_s": round(s.ttft_s, 4), "total_s": round(s.total_s, 4),
+                    "decode_tokens_per_s": round(s.decode_tokens_per_s, 2)},
+        "tokens": [
+            {"id": t.token_id, "token": tok.token_text(t.token_id), "logprob": round(t.logprob, 5),
+             "top": [{"id": i, "token": tok.token_text(i), "prob": round(p, 5)} for i, p in t.top]}
+            for t in result.tokens
+        ],
+    }
+
+
+def _print_stats(gen, s) -> None:
+    console.print(
+        f"[dim]{gen.model_name}: load {gen.load_s:.2f} s · {s.prompt_tokens} prompt tokens · "
+        f"first token {s.ttft_s * 1000:.0f} ms · {s.completion_tokens} tokens at {s.decode_tokens_per_s:.1f} tok/s · seed {s.seed}[/]"
+    )
+
+
+@app.command()
+def chat(
+    model: Model = "smollm2-135m-instruct",
+    temperature: Temperature = 0.7,
+    top_k: TopK = 0,
+    top_p: TopP = 1.0,
+    min_p: MinP = 0.0,
+    repetition_penalty: RepPenalty = 1.0,
+    max_new_tokens: MaxNew = 512,
+    seed: Seed = None,
+    system: System = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+):
+    """Talk with a chat model; the conversation is kept between turns.
+
+    Type /reset to start over and /exit (or Ctrl-D) to quit.
+    """
+    params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       repetition_penalty=repetition_penalty, seed=seed)
+    gen = _generator(model, device, dtype)
+    from genlab.text.decode import DecodeStats
+
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    console.print(f"[dim]{gen.model_name} loaded in {gen.load_s:.2f} s. /reset starts over, /exit quits.[/]")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit", "/bye"):
+            break
+        if line.strip() == "/reset":
+            messages = list(start)
+            console.print("[dim](conversation cleared)[/]")
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        stats, reply = DecodeStats(), []
+        try:
+            for piece in gen.stream(messages=messages, params=params, stats=stats):
+                reply.append(piece.text)
+                sys.stdout.write(piece.text)
+                sys.stdout.flush()
+        except GenlabError as e:  # e.g. the conversation outgrew the context window: keep the session
+            messages.pop()
+            console.print(f"\n[red]genlab: {e}[/] (try /reset)")
+            continue
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+        _print_stats(gen, stats)
+
+
+@app.command()
+def models():
+    """List the bundled models and those converted into the cache, with size and parameters."""
+    from rich.table import Table
+
+    from genlab.catalog import list_models
+
+    table = Table(title="genlab models")
+    table.add_column("name", no_wrap=True)
+    for col in ("kind", "parameters", "size"):
+        table.add_column(col)
+    table.add_column("location", overflow="fold")
+    for row in list_models():
+        table.add_row(row.name, row.kind, f"{row.parameters / 1e6:.1f}M" if row.parameters else "?",
+                      f"{row.size_bytes / 1e6:.0f} MB", row.location)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    model: Model = "smollm2-135m-instruct",
+    max_new_tokens: MaxNew = 200,
+    device: Device = "auto",
+):
+    """The main job, offline: stream an answer from the bundled LLM and print its timings."""
+    console.rule("[bold]genlab demo: text")
+    gen = _generator(model, device, "auto")
+    console.print(f"[bold]{DEMO_PROMPT}[/]")
+    from genlab.text.decode import DecodeStats
+
+    stats = DecodeStats()
+    for piece in gen.stream(DEMO_PROMPT, params=_sampling(max_new_tokens=max_new_tokens, temperature=0.0), stats=stats):
+        sys.stdout.write(piece.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    console.print(
+        f"[bold]text[/]  load {gen.load_s:.2f} s · time to first token {stats.ttft_s * 1000:.0f} ms · "
+        f"{stats.completion_tokens} tokens · {stats.decode_tokens_per_s:.1f} tokens/s "
+        f"({gen.num_parameters / 1e6:.1f}M parameters, {str(gen.lm.dtype).removeprefix('torch.')}, {gen.lm.device})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the typer app, turning every input error into one line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="genlab", standalone_mode=False)
+    except _click_errors() as e:  # unknown option, missing argument, a value of the wrong type
+        _fail(e.format_message())
+    except GenlabError as e:
+        _fail(str(e))
+    except typer.Exit as e:
+        code = e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        console.print("\ngenlab: interrupted")
+        sys.exit(130)
+    except BrokenPipeError:  # `genlab text ... | head`
+        sys.stderr.close()
+        sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_errors() -> tuple[type, ...]:
+    """Usage-error classes of the click typer uses (vendored as typer._click since typer 0.26)."""
+    classes = []
+    try:
+        from typer._click.exceptions import ClickException
+
+        classes.append(ClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+def _fail(message: str) -> None:
+    console.print(f"genlab: error: {message}", markup=False, soft_wrap=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

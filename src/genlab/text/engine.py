@@ -1,0 +1,137 @@
+"""Engines: objects that turn token ids into next-token logits (the LanguageModel protocol).
+
+  TorchLlama        genlab's own Llama (llama.py): the fast path for Llama-shaped models.
+  TransformersModel any causal LM transformers can load, through its own cache; the fallback.
+
+`load_language_model()` picks one. A new backend (llama.cpp for GGUF files, say) is a new
+class with the same three members, and nothing in decode.py, the CLI or the server changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from genlab.errors import GenlabError
+from genlab.text.llama import Llama, UnsupportedArchitecture
+from genlab.text.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TorchLlama:
+    def __init__(self, model: Llama, tokenizer: Tokenizer, stop_token_ids: set[int]):
+        self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
+        self.context_length = model.cfg.max_seq_len
+        self.device = model.lm_head.weight.device
+        self.dtype = model.lm_head.weight.dtype
+        self.num_parameters = model.num_parameters
+
+    def new_cache(self, max_len: int):
+        return self.model.new_cache(max_len)
+
+    def forward(self, ids: list[int], cache) -> torch.Tensor:
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(idx, cache, last_only=True)[0, -1].cpu()
+
+
+class TransformersModel:
+    def __init__(self, model, tokenizer: Tokenizer, stop_token_ids: set[int]):
+        self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
+        self.context_length = getattr(model.config, "max_position_embeddings", 2048)
+        self.device, self.dtype = model.device, model.dtype
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+
+    def new_cache(self, max_len: int):
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    @torch.inference_mode()
+    def forward(self, ids: list[int], cache) -> torch.Tensor:
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=idx, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float().cpu()
+
+
+def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise GenlabError(f"unknown dtype {requested!r}; accepted: auto, {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return fastest_cpu_dtype()
+
+
+@functools.cache
+def fastest_cpu_dtype() -> torch.dtype:
+    """Decoding reads every weight once per token, so half precision halves the work, but
+    only on CPUs with fast half-precision kernels (AVX-512 here; plain AVX2 laptops often
+    lack them). Measure a decode-shaped matmul in each dtype (~50 ms) instead of guessing."""
+    x32, w32 = torch.randn(1, 1024), torch.randn(4096, 1024)
+    best, best_t = torch.float32, float("inf")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x, w = x32.to(dtype), w32.to(dtype)
+        torch.nn.functional.linear(x, w)
+        t = time.perf_counter()
+        for _ in range(8):
+            torch.nn.functional.linear(x, w)
+        elapsed = time.perf_counter() - t
+        if elapsed < best_t * 0.8:  # switch away from fp32 only for a clear win
+            best, best_t = dtype, elapsed
+    return best
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise GenlabError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GenlabError("device 'cuda' was asked for but this machine has no CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise GenlabError(f"unsupported device {device!r}; accepted: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto"):
+    """Load a Hugging Face model folder as an engine (TorchLlama when the shape allows)."""
+    dev = resolve_device(device)
+    dt = pick_dtype(dev, dtype)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = Tokenizer.from_folder(folder)
+    stop_ids = _stop_token_ids(folder, config, tokenizer)
+    try:
+        from safetensors.torch import load_file
+
+        state: dict = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            state.update(load_file(f))
+        return TorchLlama(Llama.from_hf(config, state, dtype=dt, device=dev), tokenizer, stop_ids)
+    except UnsupportedArchitecture:
+        pass
+    except (KeyError, RuntimeError, OSError) as e:
+        raise GenlabError(f"cannot load the weights in {folder}: {str(e).splitlines()[0][:200]}") from None
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dt).to(dev).eval()
+    return TransformersModel(model, tokenizer, stop_ids)
+
+
+def _stop_token_ids(folder: Path, config: dict, tokenizer: Tokenizer) -> set[int]:
+    """Tokens that end a reply: the configs' eos ids plus the chat template's end-of-turn marker."""
+    ids: set[int] = set()
+    gen = folder / "generation_config.json"
+    for source in (config, json.loads(gen.read_text()) if gen.exists() else {}):
+        eos = source.get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids | tokenizer.special_ids(["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"])

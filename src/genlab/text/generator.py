@@ -1,0 +1,98 @@
+"""The Python API for text: load a model once, then generate, stream or chat.
+
+    from genlab import TextGenerator
+    gen = TextGenerator()                      # the bundled SmolLM2, offline
+    print(gen.generate("Explain attention", max_new_tokens=100, temperature=0.7, top_p=0.9))
+    for piece in gen.stream("Write a haiku"): print(piece.text, end="")
+    gen.chat([{"role": "user", "content": "Hi"}])
+
+The CLI and the server call the same methods, so a given seed gives the same text everywhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from genlab.errors import GenlabError, check
+from genlab.text.decode import TextPiece, DecodeStats, TokenStep, decode, detokenize, timed
+from genlab.text.sampling import SamplingParams
+from genlab.text.sources import DEFAULT_TEXT_MODEL, resolve
+from genlab.text.tokenizer import check_messages
+
+
+@dataclass
+class Generation:
+    """Everything about one finished generation."""
+
+    text: str
+    finish_reason: str
+    stats: DecodeStats  # seed, token counts and timings
+    tokens: list[TokenStep] = field(default_factory=list)
+
+
+class TextGenerator:
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto"):
+        from genlab.text.engine import load_language_model, pick_dtype, resolve_device
+
+        t0 = time.perf_counter()
+        pick_dtype(resolve_device(device), dtype)  # reject a bad device or dtype before any slow work
+        self.model_name = model
+        self.folder = resolve(model)
+        self.lm = load_language_model(self.folder, device=device, dtype=dtype)
+        self.tokenizer = self.lm.tokenizer
+        self.load_s = time.perf_counter() - t0
+
+    # -- prompts -----------------------------------------------------------------
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None,
+                   system: str | None = None, raw: bool = False) -> list[int]:
+        """Token ids for a plain prompt (wrapped in the chat template unless raw) or for messages."""
+        if messages is None:
+            check(isinstance(prompt, str) and prompt.strip() != "", "the prompt is empty; give some text to continue or answer")
+            if raw or not self.tokenizer.chat_template:
+                return self.tokenizer.encode(prompt, add_special_tokens=True)
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        check_messages(messages)
+        return self.tokenizer.encode(self.tokenizer.chat_prompt(messages))
+
+    # -- generation ----------------------------------------------------------------
+    def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None, system: str | None = None,
+               raw: bool = False, stats: DecodeStats | None = None, **sampling) -> Iterator[TextPiece]:
+        """Yield TextPieces as they are decoded. Keyword arguments are SamplingParams fields."""
+        params = sampling.pop("params", None) or SamplingParams(**sampling)
+        ids = self.prompt_ids(prompt, messages, system, raw)
+        room = self.lm.context_length - len(ids)
+        check(params.max_new_tokens <= room,
+              f"max_new_tokens={params.max_new_tokens} does not fit: the prompt has {len(ids)} tokens and the "
+              f"context window is {self.lm.context_length}, so at most {max(room, 0)} new tokens are possible")
+        stats = stats if stats is not None else DecodeStats()
+        stats.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        stats.prompt_tokens = len(ids)
+        steps = timed(decode(self.lm, ids, params, stats.seed), stats)
+        yield from detokenize(self.tokenizer, steps, params.stop)
+
+    def complete(self, prompt: str | None = None, **kwargs) -> Generation:
+        """Run to the end: text, finish reason, stats (seed, counts, timings) and per-token details."""
+        stats = DecodeStats()
+        text, tokens, finish = [], [], "length"
+        for piece in self.stream(prompt, stats=stats, **kwargs):
+            text.append(piece.text)
+            tokens.extend(piece.tokens)
+            finish = piece.finish_reason or finish
+        return Generation("".join(text), finish, stats, tokens)
+
+    def generate(self, prompt: str, **kwargs) -> str:
+        """The generated text for `prompt` (chat-formatted for chat models unless raw=True)."""
+        return self.complete(prompt, **kwargs).text
+
+    def chat(self, messages: list[dict], **kwargs) -> str:
+        """The assistant's reply to a conversation given as [{'role': ..., 'content': ...}, ...]."""
+        if not isinstance(messages, list):
+            raise GenlabError("messages must be a list of {'role': ..., 'content': ...}")
+        return self.complete(messages=messages, **kwargs).text
+
+    @property
+    def num_parameters(self) -> int:
+        return self.lm.num_parameters

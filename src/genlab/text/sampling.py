@@ -1,0 +1,113 @@
+"""Next-token sampling: how a distribution over the vocabulary becomes one token.
+
+An LLM's output at each step is a vector of logits, one per vocabulary entry. The
+filters below reshape that distribution before one token is drawn from it, in the
+order transformers applies them (so the same seed draws the same token):
+
+    repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw
+
+Each filter takes logits (..., V) and returns logits with the removed tokens set to -inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from genlab.errors import check
+
+
+@dataclass
+class SamplingParams:
+    """How to pick each next token; validated on creation, so every front end shares the checks.
+
+    temperature 0 means greedy (always the most likely token).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None  # None = a fresh random seed, reported back so a run can be repeated
+    top_logprobs: int = 0  # how many top candidates to report at each step
+
+    def __post_init__(self):
+        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+              f"max_new_tokens must be an integer >= 1 (got {self.max_new_tokens!r})")
+        check(self.temperature >= 0, f"temperature must be >= 0, where 0 means greedy (got {self.temperature})")
+        check(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, where 0 means off (got {self.top_k!r})")
+        check(0 < self.top_p <= 1, f"top_p must be in (0, 1], where 1 means off (got {self.top_p})")
+        check(0 <= self.min_p <= 1, f"min_p must be in [0, 1], where 0 means off (got {self.min_p})")
+        check(self.repetition_penalty > 0, f"repetition_penalty must be > 0, where 1 means off (got {self.repetition_penalty})")
+        check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        check(0 <= self.top_logprobs <= 20, f"top_logprobs must be in [0, 20] (got {self.top_logprobs})")
+        check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
+              f"seed must be an integer in [0, 2^63) (got {self.seed!r})")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make tokens already in `seen` less likely (CTRL, Keskar et al. 2019, eq. 1):
+    a positive logit is divided by the penalty, a negative one multiplied."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    old = logits.gather(-1, seen)
+    new = torch.where(old < 0, old * penalty, old / penalty)
+    return logits.scatter(-1, seen, new)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k highest logits (ties with the k-th are kept too)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus sampling (Holtzman et al. 2019): keep the smallest set of most likely tokens
+    whose probabilities add up to at least p. 0.5/0.3/0.2 with p=0.7 keeps two tokens."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cum <= 1 - p  # the unlikely tail that holds at most 1-p of the mass
+    drop_sorted[..., -1] = False  # always keep the most likely token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens at least min_p times as likely as the most likely one (Nguyen et al. 2024)."""
+    if min_p <= 0.0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def filtered_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """All the filters, in order. Temperature divides before the truncations, as in transformers."""
+    logits = repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits
+    logits = logits / params.temperature
+    logits = top_k_filter(logits, params.top_k)
+    logits = top_p_filter(logits, params.top_p)
+    return min_p_filter(logits, params.min_p)
+
+
+def next_token(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams, rng: torch.Generator) -> int:
+    """Pick the next token id from one step's logits (V,)."""
+    logits = filtered_logits(logits, seen, params)
+    if params.greedy:
+        return int(logits.argmax())
+    probs = logits.softmax(dim=-1)
+    return int(torch.multinomial(probs, 1, generator=rng))

@@ -1,0 +1,93 @@
+"""genlab's Llama and decoding loop against transformers, the reference implementation."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from genlab.text.engine import TransformersModel, load_language_model
+from genlab.text.llama import Llama, UnsupportedArchitecture
+from genlab.text.decode import decode
+from genlab.text.sampling import SamplingParams
+
+
+def reference(n_heads, n_kv, tie, layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=layers,
+                      num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=64,
+                      tie_word_embeddings=tie, rope_theta=500.0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("n_heads,n_kv", [(4, 4), (4, 2), (6, 1)])
+@pytest.mark.parametrize("tie", [True, False])
+def test_logits_match_transformers(n_heads, n_kv, tie):
+    ref = reference(n_heads, n_kv, tie)
+    ours = Llama.from_hf(ref.config.to_dict(), ref.state_dict())
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(ids).logits
+    cache = ours.new_cache(32)
+    # prefill, a chunk appended to the cache, then single tokens: every attention path
+    got = torch.cat([ours(ids[:, :5], cache), ours(ids[:, 5:9], cache)] + [ours(ids[:, i:i + 1], cache) for i in range(9, 12)], 1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_of_two_matches_transformers():
+    ref = reference(4, 2, True)
+    ours = Llama.from_hf(ref.config.to_dict(), ref.state_dict())
+    ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = ref(ids).logits
+    torch.testing.assert_close(ours(ids, ours.new_cache(16, batch=2)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_context_overflow_is_an_error():
+    ref = reference(4, 2, True)
+    ours = Llama.from_hf(ref.config.to_dict(), ref.state_dict())
+    cache = ours.new_cache(4)
+    with pytest.raises(ValueError, match="context full"):
+        ours(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+def test_unsupported_architecture_is_detected():
+    cfg = reference(4, 2, True).config.to_dict()
+    with pytest.raises(UnsupportedArchitecture):
+        Llama.from_hf({**cfg, "model_type": "gpt2"}, {})
+    with pytest.raises(UnsupportedArchitecture):
+        Llama.from_hf({**cfg, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0}}, {})
+
+
+def test_greedy_tokens_identical_to_transformers_generate(tiny_model):
+    lm = load_language_model(tiny_model, device="cpu", dtype="float32")
+    ref = LlamaForCausalLM.from_pretrained(tiny_model).eval()
+    prompt = lm.tokenizer.encode("def attention(query, key, value):")
+    want = ref.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, eos_token_id=None,
+                        pad_token_id=0)[0, len(prompt):].tolist()
+    got = [s.token_id for s in decode(lm, prompt, SamplingParams(max_new_tokens=40, temperature=0), seed=0)]
+    assert got == want
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=0.8),
+    dict(temperature=1.3, top_k=7),
+    dict(temperature=0.9, top_p=0.8),
+    dict(temperature=1.0, min_p=0.05),
+    dict(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3),
+    dict(temperature=0, repetition_penalty=1.5),
+])
+def test_sampled_tokens_identical_to_transformers(tiny_model, kw):
+    """Same logits (transformers' own model as the engine), same seed: the filters and the draw must agree."""
+    ref = LlamaForCausalLM.from_pretrained(tiny_model).eval()
+    lm = load_language_model(tiny_model, device="cpu", dtype="float32")
+    engine = TransformersModel(ref, lm.tokenizer, set())
+    prompt = lm.tokenizer.encode("The with statement")
+    torch.manual_seed(1234)
+    hf_kw = {"top_k": 0, **{k: v for k, v in kw.items() if k != "temperature"}}  # generate() defaults to top_k=50
+    if kw["temperature"] > 0:
+        hf_kw.update(temperature=kw["temperature"], do_sample=True)
+    else:
+        hf_kw.update(do_sample=False)
+    want = ref.generate(torch.tensor([prompt]), max_new_tokens=30, eos_token_id=None, pad_token_id=0,
+                        **hf_kw)[0, len(prompt):].tolist()
+    got = [s.token_id for s in decode(engine, prompt, SamplingParams(max_new_tokens=30, **kw), seed=1234)]
+    assert got == want
