@@ -63,7 +63,8 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
         if params.top_logprobs:
             values, ids = logprobs.topk(params.top_logprobs)
             top = [(int(t), float(v.exp())) for t, v in zip(ids, values)]
-        finish = "stop" if token in lm.stop_token_ids else "length" if i == params.max_new_tokens - 1 else None
+        ended = token in lm.stop_token_ids and not params.ignore_eos
+        finish = "stop" if ended else "length" if i == params.max_new_tokens - 1 else None
         yield TokenStep(token, float(logprobs[token]), top, finish)
         if finish:
             return

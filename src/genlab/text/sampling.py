@@ -34,6 +34,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # None = a fresh random seed, reported back so a run can be repeated
     top_logprobs: int = 0  # how many top candidates to report at each step
+    ignore_eos: bool = False  # keep going past the end-of-turn token (benchmarks want fixed lengths)
 
     def __post_init__(self):
         check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
