@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import torch
 
 from genlab.text.sampling import SamplingParams, next_token
+
+if TYPE_CHECKING:
+    from genlab.text.tokenizer import Tokenizer
 
 
 class LanguageModel(Protocol):
     """What the loop needs from an engine. genlab's own Llama and transformers' models
     implement it (engine.py); another backend, llama.cpp say, only has to do the same."""
 
-    tokenizer: "genlab.text.tokenizer.Tokenizer"  # noqa: F821
+    tokenizer: Tokenizer
     context_length: int
     stop_token_ids: set[int]
 
