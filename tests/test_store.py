@@ -41,3 +41,10 @@ def test_failed_write_leaves_no_folder(tmp_path):
             (tmp / "half").write_text("x")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gguf_conversion_requirements_are_installed():
+    """transformers reads GGUF only with both of these; a missing one breaks first use of the bundled model."""
+    from transformers.utils import is_accelerate_available, is_gguf_available
+
+    assert is_gguf_available() and is_accelerate_available()
