@@ -88,7 +88,9 @@ def bench_llama_cpp(tokens, repeats, gguf):
     def once():
         llm.reset()
         t0, ttft, n = time.perf_counter(), None, 0
-        for _ in llm.create_chat_completion(messages, max_tokens=tokens, temperature=0, stream=True):
+        for chunk in llm.create_chat_completion(messages, max_tokens=tokens, temperature=0, stream=True):
+            if not chunk["choices"][0]["delta"].get("content"):
+                continue  # the opening chunk names the role and carries no token
             n += 1
             if ttft is None:
                 ttft = time.perf_counter() - t0

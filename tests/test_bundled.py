@@ -1,13 +1,14 @@
 """The real bundled SmolLM2-135M-Instruct (slow: the first use converts the GGUF, ~30 s)."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from genlab.text.sources import BUNDLED, DEFAULT_TEXT_MODEL, bundled_file, cache_folder, converted_gguf, resolve
+from genlab.text.sources import DEFAULT_TEXT_MODEL, bundled_file, cache_folder, converted_gguf, resolve
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,5 @@ def test_corrupt_cache_is_rebuilt_not_loaded(folder):
 
 def test_models_lists_parameters_after_conversion(folder):
     out = subprocess.run([sys.executable, "-m", "genlab", "models"], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "COLUMNS": "200"})
+                         env={**os.environ, "COLUMNS": "200"})
     assert "134.5M" in out.stderr and DEFAULT_TEXT_MODEL in out.stderr
-    assert DEFAULT_TEXT_MODEL in BUNDLED

@@ -15,7 +15,7 @@ runs the process backwards. This module is the only place x_t is made from x0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +23,10 @@ import torch
 @dataclass
 class NoiseSchedule:
     betas: torch.Tensor  # (T,) float32: the variance added at each step
+    alpha_bar: torch.Tensor = field(init=False)  # (T,) the fraction of the signal's variance left at step t
+
+    def __post_init__(self):
+        self.alpha_bar = torch.cumprod(1.0 - self.betas, dim=0)
 
     @classmethod
     def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
@@ -43,11 +47,6 @@ class NoiseSchedule:
     @property
     def num_steps(self) -> int:
         return self.betas.shape[0]
-
-    @property
-    def alpha_bar(self) -> torch.Tensor:
-        """(T,) the fraction of the signal's variance left at step t."""
-        return torch.cumprod(1.0 - self.betas, dim=0)
 
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), shaped (B, 1, 1, ...) to broadcast over `like`."""
