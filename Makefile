@@ -39,6 +39,8 @@ test-all: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/text_decode.py
+	$(BIN)/python benchmarks/image_speed.py
+	$(BIN)/python benchmarks/image_quality.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -52,3 +52,20 @@ def build_tiny_model(folder: Path, *, vocab_size: int = 384, tie: bool = True, n
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+def build_tiny_diffusion(folder: Path, class_names=("0", "1", "2"), resolution: int = 8, seed: int = 0) -> Path:
+    """A genlab diffusion model folder with random weights: small enough to sample in milliseconds."""
+    import torch
+
+    from genlab.image.denoiser import DiffusionConfig, Denoiser, save_model
+
+    torch.manual_seed(seed)
+    config = DiffusionConfig(resolution=resolution, widths=(16, 32), attention_levels=(), class_names=list(class_names))
+    save_model(Denoiser(config), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion(tmp_path_factory) -> Path:
+    return build_tiny_diffusion(tmp_path_factory.mktemp("tiny") / "tiny-diffusion")

@@ -2,10 +2,13 @@
 
     from genlab import TextGenerator
     print(TextGenerator().generate("Explain attention", max_new_tokens=100))
+
+    from genlab import ImageGenerator
+    ImageGenerator().generate("a handwritten 7", steps=20, seed=0)[0].save("seven.png")
 """
 
 __version__ = "0.1.0"
-__all__ = ["TextGenerator", "SamplingParams", "GenlabError"]
+__all__ = ["TextGenerator", "SamplingParams", "ImageGenerator", "GenlabError"]
 
 from genlab.errors import GenlabError
 
@@ -19,4 +22,8 @@ def __getattr__(name):  # import torch and the models only when they are used
         from genlab.text.sampling import SamplingParams
 
         return SamplingParams
+    if name == "ImageGenerator":
+        from genlab.image.generator import ImageGenerator
+
+        return ImageGenerator
     raise AttributeError(f"module 'genlab' has no attribute {name!r}")

@@ -1,8 +1,4 @@
-"""The `genlab` command. Each subcommand is a thin layer over the Python API.
-
-Text goes to stdout, everything for people (progress, timings, errors) to stderr.
-Bad input is answered by one line, `genlab: error: ...`, and exit code 2.
-"""
+"""genlab text, genlab chat, genlab models."""
 
 from __future__ import annotations
 
@@ -12,17 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from genlab.cli import app
 from genlab.errors import GenlabError
 from genlab.progress import console
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="genlab: text and image generative models, side by side, on an ordinary machine.",
-)
-
-DEMO_PROMPT = "Explain transformer attention in simple terms"
 
 # -- shared options --------------------------------------------------------------
 Model = Annotated[str, typer.Option("--model", "-m", help="Bundled name, .gguf file, Hugging Face folder or hub id.")]
@@ -192,72 +180,3 @@ def models():
     console.print(table)
 
 
-@app.command()
-def demo(
-    model: Model = "smollm2-135m-instruct",
-    max_new_tokens: MaxNew = 200,
-    device: Device = "auto",
-):
-    """The main job, offline: stream an answer from the bundled LLM and print its timings."""
-    console.rule("[bold]genlab demo: text")
-    gen = _generator(model, device, "auto")
-    console.print(f"[bold]{DEMO_PROMPT}[/]")
-    from genlab.text.decode import DecodeStats
-
-    stats = DecodeStats()
-    for piece in gen.stream(DEMO_PROMPT, params=_sampling(max_new_tokens=max_new_tokens, temperature=0.0), stats=stats):
-        sys.stdout.write(piece.text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    console.print(
-        f"[bold]text[/]  load {gen.load_s:.2f} s · time to first token {stats.ttft_s * 1000:.0f} ms · "
-        f"{stats.completion_tokens} tokens · {stats.decode_tokens_per_s:.1f} tokens/s "
-        f"({gen.num_parameters / 1e6:.1f}M parameters, {str(gen.lm.dtype).removeprefix('torch.')}, {gen.lm.device})"
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the typer app, turning every input error into one line and exit code 2."""
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(args=argv, prog_name="genlab", standalone_mode=False)
-    except _click_errors() as e:  # unknown option, missing argument, a value of the wrong type
-        _fail(e.format_message())
-    except GenlabError as e:
-        _fail(str(e))
-    except typer.Exit as e:
-        code = e.exit_code
-    except (KeyboardInterrupt, typer.Abort):
-        console.print("\ngenlab: interrupted")
-        sys.exit(130)
-    except BrokenPipeError:  # `genlab text ... | head`
-        sys.stderr.close()
-        sys.exit(0)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _click_errors() -> tuple[type, ...]:
-    """Usage-error classes of the click typer uses (vendored as typer._click since typer 0.26)."""
-    classes = []
-    try:
-        from typer._click.exceptions import ClickException
-
-        classes.append(ClickException)
-    except ImportError:
-        pass
-    try:
-        import click
-
-        classes.append(click.ClickException)
-    except ImportError:
-        pass
-    return tuple(classes)
-
-
-def _fail(message: str) -> None:
-    console.print(f"genlab: error: {message}", markup=False, soft_wrap=True)
-    sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

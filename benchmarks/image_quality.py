@@ -1,0 +1,117 @@
+"""Image quality: FID and class accuracy of the bundled digits model, per sampler and step count.
+
+    python benchmarks/image_quality.py [--samples 300] [--steps 5 10 20 50 1000] [--dtype bfloat16]
+
+For every sampler and step count it generates `samples` digits (an equal number of each
+class, guidance 3, fixed seeds), and measures with genlab's bundled digit classifier
+(genlab/eval/digits.py):
+  - FID against the 360 held-out real digits, next to the real-vs-real floor
+    (the same number of real training digits against the same held-out set);
+  - class accuracy: the share of samples the classifier calls the digit that was asked for.
+It prints a table, writes it as JSON, and plots FID against steps (docs/image_quality.png).
+The figures in docs/benchmarks.md come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GENLAB_QUIET", "1")
+
+import torch  # noqa: E402
+
+from genlab.eval.digits import DigitClassifier, accuracy, fid, real_floor  # noqa: E402
+from genlab.image.data import digits  # noqa: E402
+from genlab.image.generator import ImageGenerator, guided  # noqa: E402
+from genlab.image.samplers import SAMPLERS, make_plan, model_calls  # noqa: E402
+
+
+@torch.inference_mode()
+def sample(gen: ImageGenerator, sampler: str, steps: int, labels: torch.Tensor, guidance: float, seed: int, batch: int):
+    """The same loop as ImageGenerator.stream, batched over many labels at once."""
+    c, out = gen.config, []
+    g = torch.Generator().manual_seed(seed)
+    plan = make_plan(sampler, gen.schedule, steps, c.prediction)
+    for chunk in labels.split(batch):
+        x = torch.randn((len(chunk), c.channels, c.resolution, c.resolution), generator=g)
+        for step in SAMPLERS[sampler](guided(gen.model, chunk, None, guidance, gen.dtype), x, plan, generator=g):
+            x = step.xt
+        out.append(x.float())
+    return torch.cat(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 1000])
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (faster on CPUs with AVX-512 BF16)")
+    p.add_argument("--batch", type=int, default=300)
+    p.add_argument("--json", type=Path, default=Path("docs/image_quality.json"))
+    p.add_argument("--plot", type=Path, default=Path("docs/image_quality.png"))
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    gen = ImageGenerator(dtype=args.dtype)
+    clf = DigitClassifier.bundled()
+    res = gen.config.resolution
+    held_out = digits(res, "test")
+    held_feats = clf.features(held_out.x)
+    floor = real_floor(clf, res, args.samples)
+    labels = torch.arange(10).repeat_interleave(args.samples // 10)
+    print(f"{args.samples} samples per row, guidance {args.guidance}, {args.dtype}; "
+          f"classifier accuracy on held-out real digits {accuracy(clf, held_out.x, held_out.labels):.3f}; "
+          f"real-vs-real FID floor {floor:.2f}", flush=True)
+    print(f"{'sampler':8} {'steps':>5} {'calls':>5} {'FID':>7} {'accuracy':>8} {'seconds':>8}", flush=True)
+    rows = []
+    for sampler in args.samplers:
+        for steps in args.steps:
+            start = time.perf_counter()
+            x = sample(gen, sampler, steps, labels, args.guidance, seed=1, batch=args.batch)
+            seconds = time.perf_counter() - start
+            row = {"sampler": sampler, "steps": steps, "model_calls": model_calls(sampler, steps),
+                   "fid": fid(clf.features(x), held_feats), "accuracy": accuracy(clf, x, labels), "seconds": seconds}
+            rows.append(row)
+            print(f"{sampler:8} {steps:5d} {row['model_calls']:5d} {row['fid']:7.2f} {row['accuracy']:8.3f} {seconds:8.1f}", flush=True)
+    summary = {"samples": args.samples, "guidance": args.guidance, "dtype": args.dtype, "fid_floor": floor,
+               "command": " ".join(["python"] + sys.argv), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1))
+    ref = next((r for r in rows if r["sampler"] == "ddpm" and r["steps"] == 1000), None)
+    dpm = next((r for r in rows if r["sampler"] == "dpmpp" and r["steps"] == 20), None)
+    if ref and dpm:
+        print(f"DPM-Solver++ 20 steps FID {dpm['fid']:.2f} vs DDPM 1000 steps {ref['fid']:.2f}: "
+              f"{100 * (dpm['fid'] / ref['fid'] - 1):+.1f}%")
+    plot(rows, floor, args.plot)
+
+
+def plot(rows, floor, path: Path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        pts = [(r["steps"], r["fid"]) for r in rows if r["sampler"] == sampler]
+        ax.plot(*zip(*pts), marker="o", label=sampler)
+    ax.axhline(floor, color="grey", linestyle="--", label="real vs real")
+    ax.set(xscale="log", yscale="log", xlabel="sampling steps", ylabel="FID (digit-classifier features)",
+           title="genlab digits model: FID against steps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

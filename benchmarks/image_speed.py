@@ -1,0 +1,79 @@
+"""Sampling speed: genlab's sampler loop vs a diffusers pipeline, same weights, same scheduler.
+
+    python benchmarks/image_speed.py [--steps 50] [--batch 1 16] [--repeats 5]
+
+Both sides run the bundled digits UNet with DDIM (eta 0) from the same noise:
+  - genlab: ImageGenerator.generate(..., sampler="ddim", guidance=1);
+  - diffusers: DDIMPipeline with the same UNet and a DDIMScheduler configured like the
+    model (cosine schedule, v-prediction, no clipping).
+DDIMPipeline is unconditional, so a forward pre-hook hands the UNet the class label that
+genlab passes itself; guidance is 1 on both sides (one model call per step). It reports
+seconds per image, steps per second, the ratio, and the largest pixel difference between
+the two outputs. The figures in docs/benchmarks.md come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("GENLAB_QUIET", "1")
+
+import torch  # noqa: E402
+
+
+def timed(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+
+    import diffusers
+
+    from genlab import ImageGenerator
+
+    gen = ImageGenerator()
+    c = gen.config
+    unet = gen.model.unet
+    digit = 7
+    hook = unet.register_forward_pre_hook(
+        lambda module, a, kw: (a, kw | {"class_labels": torch.full((a[0].shape[0],), digit)}), with_kwargs=True)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=c.train_steps, beta_schedule="squaredcos_cap_v2",
+                                        prediction_type="v_prediction", clip_sample=False)
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    print(f"bundled digits UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters, {c.resolution}x{c.resolution}), "
+          f"DDIM {args.steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads, diffusers {diffusers.__version__}")
+    print(f"{'batch':>5} {'genlab s/img':>12} {'diffusers s/img':>15} {'genlab steps/s':>14} {'diffusers steps/s':>17} {'ratio':>6} {'max |diff|':>10}")
+    for n in args.batch:
+        ours_s, ours = timed(lambda: gen.run(_request(n, args.steps)).images, args.repeats)
+        theirs_s, theirs = timed(lambda: pipe(batch_size=n, num_inference_steps=args.steps, output_type="np",
+                                              generator=torch.Generator().manual_seed(0)).images, args.repeats)
+        a = torch.stack([torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8) for im in ours]).float()
+        b = torch.from_numpy(theirs).reshape(n, -1).mul(255).round()
+        print(f"{n:5d} {ours_s / n:12.4f} {theirs_s / n:15.4f} {args.steps / ours_s:14.1f} {args.steps / theirs_s:17.1f} "
+              f"{theirs_s / ours_s:6.2f} {(a - b).abs().max().item():10.0f}")
+    hook.remove()
+
+
+def _request(n, steps):
+    from genlab.image.generator import ImageRequest
+
+    return ImageRequest("7", n=n, sampler="ddim", steps=steps, guidance=1.0, seed=0)
+
+
+if __name__ == "__main__":
+    main()

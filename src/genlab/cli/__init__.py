@@ -1,0 +1,76 @@
+"""The `genlab` command. Each subcommand is a thin layer over the Python API.
+
+text.py holds text, chat and models; image.py holds image; train.py holds `train ...`;
+demo.py the demo. This file holds the app and the one place errors become exit code 2.
+
+Text goes to stdout, everything for people (progress, timings, errors) to stderr.
+Bad input is answered by one line, `genlab: error: ...`, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from genlab.errors import GenlabError
+from genlab.progress import console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="genlab: text and image generative models, side by side, on an ordinary machine.",
+)
+
+train_app = typer.Typer(no_args_is_help=True, help="Train a model from scratch (diffusion, ...).")
+app.add_typer(train_app, name="train")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the typer app, turning every input error into one line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="genlab", standalone_mode=False)
+    except _click_errors() as e:  # unknown option, missing argument, a value of the wrong type
+        _fail(e.format_message())
+    except GenlabError as e:
+        _fail(str(e))
+    except typer.Exit as e:
+        code = e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        console.print("\ngenlab: interrupted")
+        sys.exit(130)
+    except BrokenPipeError:  # `genlab text ... | head`
+        sys.stderr.close()
+        sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_errors() -> tuple[type, ...]:
+    """Usage-error classes of the click typer uses (vendored as typer._click since typer 0.26)."""
+    classes = []
+    try:
+        from typer._click.exceptions import ClickException
+
+        classes.append(ClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+def _fail(message: str) -> None:
+    console.print(f"genlab: error: {message}", markup=False, soft_wrap=True)
+    sys.exit(2)
+
+
+
+
+# register the subcommands (after `app` exists)
+from genlab.cli import demo, image, text, train  # noqa: E402,F401

@@ -1,0 +1,61 @@
+"""genlab image: generate pictures with a diffusion model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from genlab.cli import app
+from genlab.progress import console, step_progress
+
+
+@app.command()
+def image(
+    prompt: Annotated[str, typer.Argument(help="What to draw. For the bundled digits model, a digit: '7', 'seven' or 'a handwritten 7'.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="'digits' (bundled), a folder from genlab train diffusion, "
+                                                             "or a diffusers pipeline folder (e.g. Stable Diffusion).")] = "digits",
+    sampler: Annotated[str, typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), euler or heun.")] = "dpmpp",
+    steps: Annotated[int, typer.Option(help="Denoising steps (heun calls the model about twice per step).")] = 20,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt harder.")] = 3.0,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (replaces the unconditional branch).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same PNG. Default: random, printed.")] = None,
+    n: Annotated[int, typer.Option("-n", help="How many images; more than one are saved as a grid.")] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG file.")] = Path("image.png"),
+    init_image: Annotated[Optional[str], typer.Option("--init-image", help="img2img: start from this picture instead of pure noise.")] = None,
+    strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, 0 (none) to 1 (all).")] = 0.75,
+    mask: Annotated[Optional[str], typer.Option(help="Inpainting (with --init-image): white pixels are redrawn, black ones kept.")] = None,
+    trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t from noise to image at evenly spaced steps.")] = None,
+    frames: Annotated[int, typer.Option(help="Frames in the --trajectory strip.")] = 8,
+    eta: Annotated[float, typer.Option(help="DDIM only: 0 = deterministic, 1 = as noisy as DDPM.")] = 0.0,
+    scale: Annotated[int, typer.Option(help="Enlarge the saved PNG by this factor (nearest neighbour); 0 = auto (to >= 128 px).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16 (float16 for diffusers pipelines on cuda).")] = "auto",
+):
+    """Generate an image from a prompt and save it as a PNG.
+
+    Example: genlab image "a handwritten 7" --steps 20 --seed 0 --out seven.png
+    """
+    from genlab.errors import check
+    from genlab.image.canvas import grid, upscale
+    from genlab.image.generator import ImageGenerator, ImageRequest
+
+    check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
+    check(frames >= 2, f"--frames must be at least 2, got {frames}")
+    check(scale >= 0, f"--scale must be 0 or more, got {scale}")
+    request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
+                           seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
+                           trajectory_frames=frames if trajectory else 0)
+    gen = ImageGenerator(model, device=device, dtype=dtype)
+    with step_progress(f"{sampler}", steps) as update:
+        result = gen.run(request, on_step=lambda s: update(s.index, f"sigma {s.sigma:.3g}"))
+    picture = result.images[0] if n == 1 else grid(result.images)
+    factor = scale or max(1, 128 // max(result.images[0].size))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    upscale(picture, factor).save(out)
+    if trajectory:
+        upscale(grid(result.trajectory, columns=len(result.trajectory)), factor).save(trajectory)
+    console.print(f"saved {out}" + (f" and {trajectory}" if trajectory else "") + f" · {result.model_calls} model calls "
+                  f"in {result.seconds:.2f} s ({result.steps_per_s:.1f} steps/s, {result.s_per_image:.2f} s/image) · "
+                  f"load {gen.load_s:.2f} s · seed {result.seed}")

@@ -1,0 +1,96 @@
+"""Between tensors and pictures: PNG in, PNG out, grids and trajectory strips.
+
+Tensors are (B, C, H, W) in [-1, 1]; pictures are PIL images. Rounding is fixed
+(x -> round((x + 1) * 127.5)), so the same tensor always gives the same PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from ..errors import GenlabError, check
+
+
+def to_pil(x: torch.Tensor) -> list:
+    """(B, C, H, W) in [-1, 1] -> B PIL images ("L" for one channel, "RGB" for three)."""
+    from PIL import Image
+
+    pixels = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, C, H, W)
+    pixels = pixels.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    mode = "L" if x.shape[1] == 1 else "RGB"
+    return [Image.frombytes(mode, (p.shape[1], p.shape[0]), p.squeeze(-1).numpy().tobytes()) for p in pixels]
+
+
+def read_image(path: str | Path, size: int, channels: int, what: str = "--init-image") -> torch.Tensor:
+    """A picture file -> (1, C, size, size) in [-1, 1], resized to the model's resolution."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenlabError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    im = im.resize((size, size), Image.Resampling.BICUBIC)
+    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, channels)
+    return t.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
+
+
+def read_mask(path: str | Path, size: int) -> torch.Tensor:
+    """A mask file -> (1, 1, size, size) in {0, 1}; white (1) is repainted, black is kept.
+    The mask must have the init image's size or the model's, so that it lines up."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            im = im.convert("L")
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenlabError(f"cannot read --mask {str(path)!r}: {e.strerror or e}") from None
+    return _mask_tensor(im, size)
+
+
+def _mask_tensor(im, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    im = im.resize((size, size), Image.Resampling.NEAREST)
+    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(1, 1, size, size)
+    return (t >= 128).float()
+
+
+def image_size(path: str | Path, what: str) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenlabError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+
+
+def grid(images: list, columns: int | None = None, pad: int = 1):
+    """Paste equally sized images into one picture, `columns` per row."""
+    from PIL import Image
+
+    check(images, "no images to put in a grid")
+    w, h = images[0].size
+    columns = columns or min(len(images), 8)
+    rows = -(-len(images) // columns)
+    sheet = Image.new(images[0].mode, (columns * (w + pad) - pad, rows * (h + pad) - pad), 0)
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % columns) * (w + pad), (i // columns) * (h + pad)))
+    return sheet
+
+
+def upscale(im, factor: int):
+    """Nearest-neighbour enlargement: keeps tiny images (16x16 digits) crisp on screen."""
+    from PIL import Image
+
+    return im if factor <= 1 else im.resize((im.width * factor, im.height * factor), Image.Resampling.NEAREST)
+
+
+def png_bytes(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,120 @@
+"""Running a diffusers pipeline folder (Stable Diffusion and friends) through `genlab image`.
+
+genlab's own models use genlab's samplers; a diffusers pipeline brings its own
+components (text encoder, UNet, VAE), so here genlab only translates: its sampler names
+become diffusers schedulers, --init-image and --mask become the img2img and inpainting
+variants of the same pipeline (sharing the loaded weights), and each step's latents are
+passed to the same on_step callback as genlab's loop, so progress bars and trajectories
+work the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import GenlabError, check
+from .samplers import SampleStep
+
+SCHEDULERS = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+
+class DiffusersPipeline:
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype):
+        import diffusers
+
+        self.device, self.dtype = device, dtype
+        try:
+            self.pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), torch_dtype=self.dtype, local_files_only=True)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise GenlabError(f"cannot load the diffusers pipeline in {folder}: {str(e).splitlines()[0]}") from None
+        self.pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.name = type(self.pipe).__name__
+
+    def _variant(self, request):
+        """The pipeline for this request: text-to-image, img2img or inpainting, sharing weights."""
+        import diffusers
+
+        if request.init_image is None:
+            return self.pipe
+        cls = diffusers.AutoPipelineForInpainting if request.mask else diffusers.AutoPipelineForImage2Image
+        try:
+            pipe = cls.from_pipe(self.pipe)
+        except ValueError as e:
+            raise GenlabError(f"{self.name} has no {'inpainting' if request.mask else 'img2img'} variant: {e}") from None
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def run(self, request, on_step=None):
+        import diffusers
+        from PIL import Image
+
+        from .generator import ImageResult
+
+        pipe = self._variant(request)
+        scheduler_cls = getattr(diffusers, SCHEDULERS[request.sampler])
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        accepts = inspect.signature(pipe.__call__).parameters
+        g = torch.Generator().manual_seed(request.seed)  # CPU generator: same seed, same image on any device
+        kwargs = {"num_inference_steps": request.steps, "generator": g, "output_type": "pil"}
+        optional = {
+            "prompt": request.prompt, "negative_prompt": request.negative_prompt, "guidance_scale": request.guidance,
+            "num_images_per_prompt": request.n, "batch_size": request.n, "eta": request.eta, "strength": request.strength,
+        }
+        kwargs |= {k: v for k, v in optional.items() if k in accepts and v is not None}
+        if request.init_image:
+            kwargs["image"] = _open(request.init_image, "RGB", "--init-image")
+        if request.mask:
+            kwargs["mask_image"] = _open(request.mask, "L", "--mask")
+            check(kwargs["mask_image"].size == kwargs["image"].size, f"--mask is {kwargs['mask_image'].size[0]}x{kwargs['mask_image'].size[1]} "
+                  f"but --init-image is {kwargs['image'].size[0]}x{kwargs['image'].size[1]}; they must match")
+        frames, calls = [], [0]
+        if "callback_on_step_end" in accepts:
+            total = request.steps
+
+            def callback(_pipe, i, t, tensors):
+                calls[0] += 1
+                latents = tensors["latents"]
+                step = SampleStep(i + 1, total, float(t), float("nan"), latents, latents)
+                if on_step:
+                    on_step(step)
+                if request.trajectory_frames and (i + 1) % max(1, total // request.trajectory_frames) == 0:
+                    frames.append(self._decode(latents[:1]))
+                return tensors
+
+            kwargs["callback_on_step_end"] = callback
+        start = time.perf_counter()
+        images = pipe(**kwargs).images
+        seconds = time.perf_counter() - start
+        images = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in images]
+        return ImageResult(images, request.seed, seconds, calls[0] or request.steps, frames)
+
+    @torch.inference_mode()
+    def _decode(self, latents: torch.Tensor):
+        from .canvas import to_pil
+
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:
+            return to_pil(latents.float())[0]
+        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return to_pil(x.float())[0]
+
+
+def _open(path: str, mode: str, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            return im.convert(mode)
+    except (OSError, UnidentifiedImageError) as e:
+        raise GenlabError(f"cannot read {what} {path!r}: {e}") from None

@@ -1,0 +1,225 @@
+"""ImageGenerator: the Python API for images, and what `genlab image` calls.
+
+    from genlab import ImageGenerator
+    gen = ImageGenerator()                             # the bundled digits model
+    [img] = gen.generate("a handwritten 7", steps=20, seed=0)
+    img.save("seven.png")
+
+It joins the pieces: the prompt picks a class, classifier-free guidance mixes the
+conditional and unconditional predictions, and a sampler from samplers.py walks from
+noise (or from a noised init image, for img2img) to a picture. `--model FOLDER` may also
+be a diffusers pipeline (e.g. Stable Diffusion); diffusers_pipeline.py runs that.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..errors import check
+from .canvas import image_size, read_image, read_mask, to_pil
+from .data import DIGIT_WORDS
+from .samplers import SAMPLERS, SampleStep, make_plan, model_calls
+
+BUNDLED = "digits"  # src/genlab/weights/digits-diffusion, trained by genlab (see docs/models.md)
+
+
+def bundled_folder() -> Path:
+    return Path(str(resources.files("genlab") / "weights" / "digits-diffusion"))
+
+
+@dataclass
+class ImageRequest:
+    prompt: str
+    n: int = 1
+    sampler: str = "dpmpp"
+    steps: int = 20
+    guidance: float = 3.0  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt
+    negative_prompt: str | None = None
+    seed: int | None = None
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
+    init_image: str | None = None  # img2img: start from this picture, noised to `strength`
+    strength: float = 0.75
+    mask: str | None = None  # inpainting: white pixels are repainted, black ones kept from init_image
+    trajectory_frames: int = 0  # keep this many evenly spaced x_t for a denoising strip
+
+    def __post_init__(self):
+        check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        check(self.guidance >= 0, f"--guidance must be 0 or more, got {self.guidance}")
+        check(self.n >= 1, f"-n must be at least 1, got {self.n}")
+        check(0 <= self.strength <= 1, f"--strength must be between 0 and 1, got {self.strength}")
+        check(self.eta >= 0, f"--eta must be 0 or more, got {self.eta}")
+        check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check(self.mask is None or self.init_image is not None, "--mask needs --init-image: the picture to inpaint")
+        if self.seed is None:
+            self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+@dataclass
+class ImageResult:
+    images: list  # PIL images
+    seed: int
+    seconds: float
+    model_calls: int  # denoiser evaluations per image batch (CFG doubles the batch, not the calls)
+    trajectory: list = field(default_factory=list)  # PIL images of x_t, for --trajectory
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.model_calls / self.seconds
+
+    @property
+    def s_per_image(self) -> float:
+        return self.seconds / len(self.images)
+
+
+def parse_prompt(prompt: str, class_names: list[str]) -> int:
+    """Which class a prompt names: "7", "seven" and "a handwritten 7" all give 7 for digits."""
+    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    names = [c.lower() for c in class_names]
+    found = {names.index(w) for w in words if w in names}
+    if names == [str(i) for i in range(10)]:
+        found |= {DIGIT_WORDS.index(w) for w in words if w in DIGIT_WORDS}
+    if not found:  # a multi-word class name ("golden retriever") is matched as a phrase
+        found = {i for i, c in enumerate(names) if c and c in " ".join(words)}
+    accepted = ", ".join(class_names) + (" (or their names: zero ... nine)" if names == [str(i) for i in range(10)] else "")
+    check(len(found) == 1, f"this model draws one of: {accepted}; "
+          + (f"the prompt {prompt!r} names none of them" if not found else f"the prompt {prompt!r} names several"))
+    return found.pop()
+
+
+class ImageGenerator:
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto"):
+        from ..text.engine import resolve_device
+
+        self.device = resolve_device(device)
+        start = time.perf_counter()
+        spec = model or BUNDLED
+        if spec == BUNDLED:
+            folder = bundled_folder()
+        else:
+            folder = Path(spec).expanduser()
+            check(folder.is_dir(), f"--model must be '{BUNDLED}', a genlab model folder or a diffusers pipeline folder; "
+                  f"{spec!r} is not a folder")
+            if (folder / "model").is_dir() and not (folder / "genlab.json").exists():
+                folder = folder / "model"  # the --out folder of `genlab train diffusion`
+        self.folder = folder
+        check(dtype in ("auto", "float32", "float16", "bfloat16"), f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+        # auto: float16 on a GPU, float32 on a CPU (where float16 convolutions are slow)
+        self.dtype = getattr(torch, dtype) if dtype != "auto" else torch.float16 if self.device.type == "cuda" else torch.float32
+        if (folder / "model_index.json").is_file():
+            from .diffusers_pipeline import DiffusersPipeline
+
+            self.pipeline, self.model = DiffusersPipeline(folder, self.device, self.dtype), None
+        else:
+            from .denoiser import load_model
+
+            self.pipeline = None
+            self.model = load_model(folder, self.device, self.dtype)
+            self.config = self.model.config
+            self.schedule = self.config.noise_schedule()
+        self.load_s = time.perf_counter() - start
+
+    def generate(self, prompt: str, **options) -> list:
+        """PIL images for `prompt`; options are ImageRequest's fields (steps, seed, sampler, ...)."""
+        return self.run(ImageRequest(prompt, **options)).images
+
+    def run(self, request: ImageRequest, on_step=None) -> ImageResult:
+        """Generate, calling on_step(SampleStep) after each step (for progress bars and previews)."""
+        if self.pipeline is not None:
+            return self.pipeline.run(request, on_step)
+        start = time.perf_counter()
+        frames, step, steps = [], None, self.stream(request)
+        keep_at = _frame_indices(request.steps, request.trajectory_frames)
+        for step in steps:
+            if on_step:
+                on_step(step)
+            if step.index in keep_at:
+                frames.append(step.xt[:1])
+        plan_len = step.total if step else 0
+        images = to_pil(step.xt) if step else to_pil(self._init(request).expand(request.n, -1, -1, -1))
+        trajectory = to_pil(torch.cat([self._first_frame] + frames)) if request.trajectory_frames else []
+        return ImageResult(images, request.seed, time.perf_counter() - start,
+                           model_calls(request.sampler, plan_len), trajectory)
+
+    @torch.inference_mode()
+    def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
+        """The sampling loop itself: yields each step's x_t."""
+        c = self.config
+        labels = self._labels(request.prompt, request.n)
+        negative = self._labels(request.negative_prompt, request.n) if request.negative_prompt else None
+        denoise = guided(self.model, labels, negative, request.guidance, self.dtype)
+        plan = make_plan(request.sampler, self.schedule, request.steps, c.prediction)
+        # all randomness comes from one CPU generator: the same seed gives the same PNG on any device
+        g = torch.Generator().manual_seed(request.seed)
+        noise = torch.randn((request.n, c.channels, c.resolution, c.resolution), generator=g).to(self.device)
+        keep = None
+        if request.init_image:
+            init = self._init(request).to(self.device)
+            plan = plan.skip(request.strength)
+            if len(plan.timesteps) == 0:
+                return
+            a = plan.alpha_bar(0)
+            x = a**0.5 * init + (1 - a) ** 0.5 * noise  # SDEdit: noise the init image to the starting level
+            if request.mask:
+                mask = self._mask(request).to(self.device)
+                keep = _keep_known(init, mask, noise)
+        else:
+            x = noise
+        self._first_frame = x[:1].float().cpu()
+        yield from SAMPLERS[request.sampler](denoise, x, plan, generator=g, keep=keep, eta=request.eta)
+
+    def _labels(self, prompt: str, n: int) -> torch.Tensor | None:
+        if self.config.num_classes == 0:
+            return None
+        return torch.full((n,), parse_prompt(prompt, self.config.class_names), dtype=torch.long, device=self.device)
+
+    def _init(self, request: ImageRequest) -> torch.Tensor:
+        return read_image(request.init_image, self.config.resolution, self.config.channels)
+
+    def _mask(self, request: ImageRequest) -> torch.Tensor:
+        want, got = image_size(request.init_image, "--init-image"), image_size(request.mask, "--mask")
+        check(want == got, f"--mask is {got[0]}x{got[1]} but --init-image is {want[0]}x{want[1]}; they must match")
+        return read_mask(request.mask, self.config.resolution)
+
+
+def guided(model, labels, negative, guidance: float, dtype=torch.float32):
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = uncond + w (cond - uncond).
+    The conditional and unconditional halves run as one batch of 2B."""
+    null = None if labels is None else torch.full_like(labels, model.config.num_classes)
+    uncond = negative if negative is not None else null
+
+    def denoise(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        xt_in = xt.to(dtype)
+        if labels is None or guidance == 1:
+            return model(xt_in, t, labels).float()
+        if guidance == 0:
+            return model(xt_in, t, uncond).float()
+        out = model(torch.cat([xt_in, xt_in]), torch.cat([t, t]), torch.cat([labels, uncond])).float()
+        cond, unc = out.chunk(2)  # (B, C, H, W) each
+        return unc + guidance * (cond - unc)
+
+    return denoise
+
+
+def _keep_known(init: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor):
+    """Inpainting: after every step, put back the pixels to keep, noised to the current level."""
+
+    def keep(xt: torch.Tensor, sigma: float) -> torch.Tensor:
+        a = 1 / (1 + sigma * sigma)
+        known = a**0.5 * init + (1 - a) ** 0.5 * noise
+        return mask * xt + (1 - mask) * known
+
+    return keep
+
+
+def _frame_indices(steps: int, frames: int) -> set[int]:
+    """Which of steps 1..steps to keep so that `frames` frames (with the start) are evenly spaced."""
+    if frames <= 1:
+        return {steps} if frames == 1 else set()
+    return {max(1, round(i * steps / (frames - 1))) for i in range(1, frames)}

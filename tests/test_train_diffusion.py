@@ -1,0 +1,107 @@
+"""Training: the loss goes down, checkpoints resume bit for bit, data folders are read or refused clearly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from genlab.errors import GenlabError
+from genlab.image.data import digits, load_images
+from genlab.image.denoiser import DiffusionConfig
+from genlab.train.diffusion import DiffusionRun
+from genlab.train.loop import TrainConfig
+from test_cli import assert_one_line_error, run
+
+TINY = DiffusionConfig(widths=(16, 32), attention_levels=())
+
+
+def test_digits_splits_and_range():
+    train, test = digits(16, "train"), digits(8, "test")
+    assert train.x.shape == (1437, 1, 16, 16) and test.x.shape == (360, 1, 8, 8)
+    assert train.x.min() >= -1 and train.x.max() <= 1 and train.class_names == [str(i) for i in range(10)]
+    assert torch.bincount(train.labels).min() > 130  # every digit is there
+
+
+def _save(path: Path, size=(8, 8), value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, value, value)).save(path)
+
+
+def test_folder_with_class_subfolders(tmp_path):
+    _save(tmp_path / "cats" / "a.png", value=10)
+    _save(tmp_path / "dogs" / "b.png", value=200)
+    _save(tmp_path / "dogs" / "c.jpg", value=100)
+    data = load_images(str(tmp_path))
+    assert data.class_names == ["cats", "dogs"] and data.labels.tolist() == [0, 1, 1]
+    assert data.x.shape == (3, 1, 8, 8)  # grey pictures stay one channel
+    assert abs(data.x[0].mean().item() - (10 / 127.5 - 1)) < 1e-6
+
+
+@pytest.mark.parametrize("setup,fragment", [
+    (lambda p: None, "no images in"),
+    (lambda p: (p / "x.png").write_bytes(b"junk"), "cannot read image"),
+    (lambda p: (_save(p / "a.png", (8, 8)), _save(p / "b.png", (16, 16))), "have 2 different sizes"),
+])
+def test_bad_folders(tmp_path, setup, fragment):
+    setup(tmp_path)
+    with pytest.raises(GenlabError, match=fragment):
+        load_images(str(tmp_path))
+
+
+def test_mixed_sizes_are_fine_with_a_resolution(tmp_path):
+    _save(tmp_path / "a.png", (8, 8))
+    _save(tmp_path / "b.png", (20, 12))
+    assert load_images(str(tmp_path), resolution=8).x.shape == (2, 1, 8, 8)
+
+
+def test_loss_goes_down(tmp_path):
+    run_ = DiffusionRun.start(TrainConfig(steps=60, batch_size=32, lr=2e-3, warmup=10), "digits", tmp_path, 8, TINY)
+    losses = [s.loss for s in run_.steps()]
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    config = TrainConfig(steps=8, batch_size=16, warmup=2)
+    straight = DiffusionRun.start(config, "digits", tmp_path / "a", 8, TINY)
+    for _ in straight.steps():
+        pass
+    killed = DiffusionRun.start(config, "digits", tmp_path / "b", 8, TINY)
+    for s in killed.steps():
+        if s.step == 3:
+            killed.save()
+            break  # the "kill"
+    resumed = DiffusionRun.resume(tmp_path / "b")
+    assert resumed.trainer.step == 3
+    for _ in resumed.steps():
+        pass
+    for name, a in straight.model.state_dict().items():
+        assert torch.equal(a, resumed.model.state_dict()[name]), name
+        assert torch.equal(straight.trainer.ema.shadow[name], resumed.trainer.ema.shadow[name]), name
+
+
+def test_cli_trains_saves_and_samples(tmp_path, capsys):
+    folder = tmp_path / "shapes"
+    for i in range(4):
+        _save(folder / "dark" / f"{i}.png", value=20 + i)
+        _save(folder / "light" / f"{i}.png", value=220 - i)
+    out = tmp_path / "run"
+    code, _, err = run(["train", "diffusion", "--data", str(folder), "--steps", "4", "--batch-size", "4",
+                        "--checkpoint-every", "2", "--sample-every", "4", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert (out / "samples" / "step-0000004.png").is_file() and (out / "model" / "model.safetensors").is_file()
+    code, _, err = run(["image", "light", "--model", str(out), "--steps", "3", "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--data", "/nonexistent"], "is not a folder"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--resolution", "2"], "--resolution must be between 4 and 1024, got 2"),
+    (["--resume"], "--resume: no checkpoint in"),
+])
+def test_bad_train_input_is_one_line(tmp_path, args, fragment, capsys):
+    code, _, err = run(["train", "diffusion", "--out", str(tmp_path / "r")] + args, capsys)
+    assert_one_line_error(code, err, fragment)
