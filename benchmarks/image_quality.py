@@ -1,14 +1,17 @@
 """Image quality: FID and class accuracy of the bundled digits model, per sampler and step count.
 
-    python benchmarks/image_quality.py [--samples 300] [--steps 5 10 20 50 1000] [--dtype bfloat16]
+    python benchmarks/image_quality.py [--samples 1000] [--steps 5 10 20 50 1000] [--dtype bfloat16]
+                                       [--long-samplers ddpm]
 
 For every sampler and step count it generates `samples` digits (an equal number of each
-class, guidance 3, fixed seeds), and measures with genlab's bundled digit classifier
+class, the default guidance 1.5, fixed seeds), and measures with genlab's bundled digit classifier
 (genlab/eval/digits.py):
   - FID against the 360 held-out real digits, next to the real-vs-real floor
     (the same number of real training digits against the same held-out set);
   - class accuracy: the share of samples the classifier calls the digit that was asked for.
 It prints a table, writes it as JSON, and plots FID against steps (docs/image_quality.png).
+Runs above 100 steps cost ~10-20 minutes each on 2 cores; --long-samplers limits them to
+the samplers named (e.g. only the DDPM reference).
 The figures in docs/benchmarks.md come from this script.
 """
 
@@ -47,12 +50,13 @@ def sample(gen: ImageGenerator, sampler: str, steps: int, labels: torch.Tensor, 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 1000])
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--long-samplers", nargs="+", default=list(SAMPLERS), help="samplers to run above 100 steps")
+    p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (faster on CPUs with AVX-512 BF16)")
-    p.add_argument("--batch", type=int, default=300)
+    p.add_argument("--batch", type=int, default=500)
     p.add_argument("--json", type=Path, default=Path("docs/image_quality.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/image_quality.png"))
     args = p.parse_args()
@@ -72,6 +76,8 @@ def main():
     rows = []
     for sampler in args.samplers:
         for steps in args.steps:
+            if steps > 100 and sampler not in args.long_samplers:
+                continue
             start = time.perf_counter()
             x = sample(gen, sampler, steps, labels, args.guidance, seed=1, batch=args.batch)
             seconds = time.perf_counter() - start

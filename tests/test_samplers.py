@@ -83,6 +83,31 @@ def test_sampler_matches_diffusers(name, schedule_name, steps, prediction, eta):
     torch.testing.assert_close(trajectory[-1].xt, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name,steps", [("euler", 10), ("heun", 8)])
+def test_rectified_flow_matches_diffusers_flow_match_schedulers(name, steps):
+    from genlab.image.schedules import FlowSchedule
+
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    cls = diffusers.FlowMatchEulerDiscreteScheduler if name == "euler" else diffusers.FlowMatchHeunDiscreteScheduler
+    sched = cls(num_train_timesteps=1000)
+    sched.set_timesteps(steps)
+    ref_model, x = ToyDenoiser(), noise.clone()
+    for t in sched.timesteps:
+        x = sched.step(ref_model(x, t.expand(2)), t, x).prev_sample
+    model = ToyDenoiser()
+    plan = make_plan(name, FlowSchedule(), steps)
+    trajectory = list(SAMPLERS[name](model, noise, plan))
+    assert model.calls == ref_model.calls == model_calls(name, steps)
+    torch.testing.assert_close(trajectory[-1].xt, x, atol=1e-4, rtol=1e-4)
+
+
+def test_rectified_flow_only_with_ode_samplers():
+    from genlab.image.schedules import FlowSchedule
+
+    with pytest.raises(GenlabError, match="a rectified-flow model samples with euler or heun, not 'ddim'"):
+        make_plan("ddim", FlowSchedule(), 10)
+
+
 def test_ddpm_noise_comes_from_the_generator():
     noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     plan = make_plan("ddpm", NoiseSchedule.linear(), 10)

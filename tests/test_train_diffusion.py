@@ -101,7 +101,26 @@ def test_cli_trains_saves_and_samples(tmp_path, capsys):
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["--resolution", "2"], "--resolution must be between 4 and 1024, got 2"),
     (["--resume"], "--resume: no checkpoint in"),
+    (["--prediction", "x0"], "prediction must be v or eps, got 'x0'"),
+    (["--schedule", "sigmoid"], "schedule must be cosine, linear or flow, got 'sigmoid'"),
 ])
 def test_bad_train_input_is_one_line(tmp_path, args, fragment, capsys):
     code, _, err = run(["train", "diffusion", "--out", str(tmp_path / "r")] + args, capsys)
     assert_one_line_error(code, err, fragment)
+
+
+def test_rectified_flow_trains_and_samples(tmp_path, capsys):
+    from genlab.image.schedules import FlowSchedule
+
+    x0, eps, t = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.tensor([0.25, 1.0])
+    assert torch.equal(FlowSchedule().add_noise(x0, eps, t)[:, 0, 0, 0], torch.tensor([0.75, 0.0]))
+    flow = DiffusionConfig(widths=(16, 32), attention_levels=(), schedule="flow")
+    assert flow.prediction == "flow"
+    run_ = DiffusionRun.start(TrainConfig(steps=60, batch_size=32, lr=2e-3, warmup=10), "digits", tmp_path, 8, flow)
+    losses = [s.loss for s in run_.steps()]
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+    run_.save()
+    code, _, err = run(["image", "3", "--model", str(tmp_path), "--steps", "4", "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 0 and "4 model calls" in err, err
+    code, _, err = run(["image", "3", "--model", str(tmp_path), "--sampler", "ddim"], capsys)
+    assert_one_line_error(code, err, "a rectified-flow model samples with euler or heun, not 'ddim'")

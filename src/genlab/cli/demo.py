@@ -44,7 +44,7 @@ def demo(
     from genlab.image.generator import ImageGenerator, ImageRequest
 
     images = ImageGenerator(device=device)
-    console.print(f"[bold]{DEMO_IMAGE_PROMPT}[/] (bundled digits diffusion model, DPM-Solver++ 20 steps, guidance 3, seed 0)")
+    console.print(f"[bold]{DEMO_IMAGE_PROMPT}[/] (bundled digits diffusion model, DPM-Solver++ 20 steps, guidance 1.5, seed 0)")
     result = images.run(ImageRequest(DEMO_IMAGE_PROMPT, n=8, steps=20, seed=0))
     image_out.parent.mkdir(parents=True, exist_ok=True)
     upscale(grid(result.images), 8).save(image_out)

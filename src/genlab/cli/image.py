@@ -16,9 +16,10 @@ def image(
     prompt: Annotated[str, typer.Argument(help="What to draw. For the bundled digits model, a digit: '7', 'seven' or 'a handwritten 7'.")],
     model: Annotated[str, typer.Option("--model", "-m", help="'digits' (bundled), a folder from genlab train diffusion, "
                                                              "or a diffusers pipeline folder (e.g. Stable Diffusion).")] = "digits",
-    sampler: Annotated[str, typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), euler or heun.")] = "dpmpp",
+    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), euler or heun. "
+                                                        "Default: dpmpp (euler for rectified-flow models; a diffusers pipeline keeps its own).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps (heun calls the model about twice per step).")] = 20,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt harder.")] = 3.0,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt harder.")] = 1.5,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (replaces the unconditional branch).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same PNG. Default: random, printed.")] = None,
     n: Annotated[int, typer.Option("-n", help="How many images; more than one are saved as a grid.")] = 1,
@@ -48,7 +49,7 @@ def image(
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
     gen = ImageGenerator(model, device=device, dtype=dtype)
-    with step_progress(f"{sampler}", steps) as update:
+    with step_progress(sampler or gen.default_sampler or "sampling", steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"sigma {s.sigma:.3g}"))
     picture = result.images[0] if n == 1 else grid(result.images)
     factor = scale or max(1, 128 // max(result.images[0].size))

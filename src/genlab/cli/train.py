@@ -24,6 +24,9 @@ def diffusion(
                                                            "required when sizes differ).")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
     sample_every: Annotated[int, typer.Option("--sample-every", help="Save a grid of samples every N steps; 0 = never.")] = 500,
+    prediction: Annotated[str, typer.Option(help="Training target: v (velocity, Salimans & Ho 2022) or eps (the noise, DDPM).")] = "v",
+    schedule: Annotated[str, typer.Option(help="Forward process: cosine (Nichol & Dhariwal 2021), linear (DDPM) or flow "
+                                                "(rectified flow: the model learns the velocity eps - x0; sample with euler or heun).")] = "cosine",
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
 ):
     """Train a class-conditional diffusion model (UNet, v-prediction, cosine schedule, EMA).
@@ -41,7 +44,10 @@ def diffusion(
         run = DiffusionRun.resume(out, steps)
         console.print(f"resuming {out} at step {run.trainer.step} of {run.trainer.config.steps}")
     else:
-        run = DiffusionRun.start(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), data, out, resolution)
+        from genlab.image.denoiser import DiffusionConfig
+
+        model_config = DiffusionConfig(prediction=prediction, schedule=schedule)
+        run = DiffusionRun.start(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), data, out, resolution, model_config)
     c, n = run.model.config, sum(p.numel() for p in run.model.parameters())
     console.print(f"{len(run.data.x)} images of {c.channels}x{c.resolution}x{c.resolution}, "
                   f"{c.num_classes or 'no'} classes · UNet {n / 1e6:.2f}M parameters · {c.prediction}-prediction, {c.schedule} schedule")

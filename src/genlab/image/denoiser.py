@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GenlabError, check
-from .schedules import NoiseSchedule
+from .schedules import FlowSchedule, NoiseSchedule
 
 CONFIG_FILE = "genlab.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,14 +34,17 @@ class DiffusionConfig:
     widths: tuple[int, ...] = (32, 64, 64)  # UNet channels per level; each level halves the resolution
     attention_levels: tuple[int, ...] = (2,)  # levels with self-attention (cheap at the lowest resolution)
     class_names: list[str] = field(default_factory=list)  # empty: an unconditional model
-    schedule: str = "cosine"  # "cosine" or "linear", see schedules.py
-    prediction: str = "v"  # "v" or "eps": the training target
+    schedule: str = "cosine"  # "cosine", "linear" or "flow" (rectified flow), see schedules.py
+    prediction: str = "v"  # "v" or "eps" for diffusion; "flow" (the velocity eps - x0) for rectified flow
     train_steps: int = 1000  # T, the number of noise levels
 
     def __post_init__(self):
         self.widths, self.attention_levels = tuple(self.widths), tuple(self.attention_levels)
-        check(self.schedule in ("cosine", "linear"), f"schedule must be cosine or linear, got {self.schedule!r}")
-        check(self.prediction in ("v", "eps"), f"prediction must be v or eps, got {self.prediction!r}")
+        check(self.schedule in ("cosine", "linear", "flow"), f"schedule must be cosine, linear or flow, got {self.schedule!r}")
+        if self.schedule == "flow":
+            self.prediction = "flow"
+        check(self.prediction in ("v", "eps", "flow") and (self.prediction == "flow") == (self.schedule == "flow"),
+              f"prediction must be v or eps, got {self.prediction!r}")
         check(self.resolution % 2 ** (len(self.widths) - 1) == 0,
               f"resolution {self.resolution} must be divisible by {2 ** (len(self.widths) - 1)} for {len(self.widths)} UNet levels")
 
@@ -49,7 +52,9 @@ class DiffusionConfig:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def noise_schedule(self) -> NoiseSchedule:
+    def noise_schedule(self) -> NoiseSchedule | FlowSchedule:
+        if self.schedule == "flow":
+            return FlowSchedule(self.train_steps)
         return getattr(NoiseSchedule, self.schedule)(self.train_steps)
 
     @classmethod

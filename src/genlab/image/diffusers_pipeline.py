@@ -62,8 +62,9 @@ class DiffusersPipeline:
         from .generator import ImageResult
 
         pipe = self._variant(request)
-        scheduler_cls = getattr(diffusers, SCHEDULERS[request.sampler])
-        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        if request.sampler:  # otherwise keep the pipeline's own scheduler
+            scheduler_cls = getattr(diffusers, SCHEDULERS[request.sampler])
+            pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
         accepts = inspect.signature(pipe.__call__).parameters
         g = torch.Generator().manual_seed(request.seed)  # CPU generator: same seed, same image on any device
         kwargs = {"num_inference_steps": request.steps, "generator": g, "output_type": "pil"}

@@ -38,9 +38,9 @@ def bundled_folder() -> Path:
 class ImageRequest:
     prompt: str
     n: int = 1
-    sampler: str = "dpmpp"
+    sampler: str | None = None  # None: the model's default (dpmpp; euler for rectified flow)
     steps: int = 20
-    guidance: float = 3.0  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt
+    guidance: float = 1.5  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt
     negative_prompt: str | None = None
     seed: int | None = None
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
@@ -55,7 +55,7 @@ class ImageRequest:
         check(self.n >= 1, f"-n must be at least 1, got {self.n}")
         check(0 <= self.strength <= 1, f"--strength must be between 0 and 1, got {self.strength}")
         check(self.eta >= 0, f"--eta must be 0 or more, got {self.eta}")
-        check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check(self.sampler is None or self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         check(self.mask is None or self.init_image is not None, "--mask needs --init-image: the picture to inpaint")
         if self.seed is None:
             self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
@@ -131,26 +131,25 @@ class ImageGenerator:
 
     def run(self, request: ImageRequest, on_step=None) -> ImageResult:
         """Generate, calling on_step(SampleStep) after each step (for progress bars and previews)."""
+        request.sampler = request.sampler or self.default_sampler
         if self.pipeline is not None:
             return self.pipeline.run(request, on_step)
         start = time.perf_counter()
-        frames, step, steps = [], None, self.stream(request)
-        keep_at = _frame_indices(request.steps, request.trajectory_frames)
-        for step in steps:
-            if on_step:
+        frames, step = [], None
+        for step in self.stream(request):
+            if step.index > 0 and on_step:
                 on_step(step)
-            if step.index in keep_at:
+            if step.index in _frame_indices(step.total, request.trajectory_frames):
                 frames.append(step.xt[:1])
-        plan_len = step.total if step else 0
-        images = to_pil(step.xt) if step else to_pil(self._init(request).expand(request.n, -1, -1, -1))
-        trajectory = to_pil(torch.cat([self._first_frame] + frames)) if request.trajectory_frames else []
-        return ImageResult(images, request.seed, time.perf_counter() - start,
-                           model_calls(request.sampler, plan_len), trajectory)
+        return ImageResult(to_pil(step.xt), request.seed, time.perf_counter() - start,
+                           model_calls(request.sampler, step.total) if step.index else 0,
+                           to_pil(torch.cat(frames)) if frames else [])
 
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
-        """The sampling loop itself: yields each step's x_t."""
+        """The sampling loop itself: yields the starting x_T as step 0, then each step's x_t."""
         c = self.config
+        request.sampler = request.sampler or self.default_sampler
         labels = self._labels(request.prompt, request.n)
         negative = self._labels(request.negative_prompt, request.n) if request.negative_prompt else None
         denoise = guided(self.model, labels, negative, request.guidance, self.dtype)
@@ -158,28 +157,33 @@ class ImageGenerator:
         # all randomness comes from one CPU generator: the same seed gives the same PNG on any device
         g = torch.Generator().manual_seed(request.seed)
         noise = torch.randn((request.n, c.channels, c.resolution, c.resolution), generator=g).to(self.device)
-        keep = None
+        x, keep = noise, None
         if request.init_image:
             init = self._init(request).to(self.device)
             plan = plan.skip(request.strength)
-            if len(plan.timesteps) == 0:
+            if len(plan.timesteps) == 0:  # strength 0: nothing to do
+                yield SampleStep(0, 0, 0.0, 0.0, init.expand_as(noise), init.expand_as(noise))
                 return
-            a = plan.alpha_bar(0)
-            x = a**0.5 * init + (1 - a) ** 0.5 * noise  # SDEdit: noise the init image to the starting level
+            x = plan.noised(init, noise, float(plan.sigmas[0]))  # SDEdit: noise the init image to the starting level
             if request.mask:
-                mask = self._mask(request).to(self.device)
-                keep = _keep_known(init, mask, noise)
-        else:
-            x = noise
-        self._first_frame = x[:1].float().cpu()
+                keep = _keep_known(plan, init, self._mask(request).to(self.device), noise)
+        total = len(plan.timesteps)
+        yield SampleStep(0, total, float(plan.timesteps[0]), float(plan.sigmas[0]), x, x)
         yield from SAMPLERS[request.sampler](denoise, x, plan, generator=g, keep=keep, eta=request.eta)
+
+    @property
+    def default_sampler(self) -> str | None:
+        """dpmpp; euler for rectified flow; None for a diffusers pipeline (keep its own scheduler)."""
+        if self.model is None:
+            return None
+        return "euler" if self.config.schedule == "flow" else "dpmpp"
 
     def _labels(self, prompt: str, n: int) -> torch.Tensor | None:
         if self.config.num_classes == 0:
             return None
         return torch.full((n,), parse_prompt(prompt, self.config.class_names), dtype=torch.long, device=self.device)
 
-    def _init(self, request: ImageRequest) -> torch.Tensor:
+    def _init(self, request: ImageRequest) -> torch.Tensor:  # (1, C, H, W)
         return read_image(request.init_image, self.config.resolution, self.config.channels)
 
     def _mask(self, request: ImageRequest) -> torch.Tensor:
@@ -207,19 +211,17 @@ def guided(model, labels, negative, guidance: float, dtype=torch.float32):
     return denoise
 
 
-def _keep_known(init: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor):
+def _keep_known(plan, init: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor):
     """Inpainting: after every step, put back the pixels to keep, noised to the current level."""
 
-    def keep(xt: torch.Tensor, sigma: float) -> torch.Tensor:
-        a = 1 / (1 + sigma * sigma)
-        known = a**0.5 * init + (1 - a) ** 0.5 * noise
-        return mask * xt + (1 - mask) * known
+    def keep(xt: torch.Tensor, level: float) -> torch.Tensor:
+        return mask * xt + (1 - mask) * plan.noised(init, noise, level)
 
     return keep
 
 
 def _frame_indices(steps: int, frames: int) -> set[int]:
-    """Which of steps 1..steps to keep so that `frames` frames (with the start) are evenly spaced."""
+    """Which of steps 0..steps (0 = the starting noise) to keep for `frames` evenly spaced frames."""
     if frames <= 1:
         return {steps} if frames == 1 else set()
-    return {max(1, round(i * steps / (frames - 1))) for i in range(1, frames)}
+    return {round(i * steps / (frames - 1)) for i in range(frames)}

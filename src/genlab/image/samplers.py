@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import check
-from .schedules import NoiseSchedule
+from .schedules import FlowSchedule, NoiseSchedule, noised
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (xt (B,C,H,W), t (B,)) -> eps or v
 Keep = Callable[[torch.Tensor, float], torch.Tensor]  # (xt, sigma) -> xt with known pixels put back
@@ -51,11 +51,18 @@ class Plan:
     moves x from sigmas[i] to sigmas[i + 1]. sigmas[-1] is 0."""
 
     timesteps: torch.Tensor  # (n,) float
-    sigmas: torch.Tensor  # (n + 1,) float64
-    prediction: str  # "eps" or "v": what the model returns
+    sigmas: torch.Tensor  # (n + 1,) float64; for rectified flow, the flow time t in [0, 1]
+    prediction: str  # "eps", "v" or "flow": what the model returns
 
     def alpha_bar(self, i: int) -> float:
         return 1.0 / (1.0 + float(self.sigmas[i]) ** 2)
+
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, level: float) -> torch.Tensor:
+        """x0 taken to noise level `level` (a sigma, or a flow time): for img2img and inpainting."""
+        if self.prediction == "flow":
+            return noised(x0, eps, 1 - level, level)
+        a = 1.0 / (1.0 + level * level)
+        return noised(x0, eps, math.sqrt(a), math.sqrt(1 - a))
 
     def skip(self, strength: float) -> "Plan":
         """Keep the last round(n * strength) steps: img2img starts part-way down (SDEdit)."""
@@ -64,12 +71,16 @@ class Plan:
         return Plan(self.timesteps[start:], self.sigmas[start:], self.prediction)
 
 
-def make_plan(sampler: str, schedule: NoiseSchedule, steps: int, prediction: str = "eps") -> Plan:
+def make_plan(sampler: str, schedule: NoiseSchedule | FlowSchedule, steps: int, prediction: str = "eps") -> Plan:
     """Pick `steps` timesteps from the schedule's T, spaced as diffusers spaces them for that sampler."""
     check(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     check(steps >= 1, f"steps must be at least 1, got {steps}")
     T = schedule.num_steps
     check(steps <= T, f"steps must be at most the {T} steps the model was trained with, got {steps}")
+    if isinstance(schedule, FlowSchedule):  # t from 1 down to 1/T evenly, then 0 (diffusers' FlowMatch schedulers)
+        check(sampler in ("euler", "heun"), f"a rectified-flow model samples with euler or heun, not {sampler!r}")
+        t = torch.linspace(1.0, 1.0 / T, steps, dtype=torch.float64)
+        return Plan((t * T).float(), torch.cat([t, t.new_zeros(1)]), "flow")
     all_sigmas = ((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double()).sqrt()  # (T,)
     if sampler in ("ddpm", "ddim"):  # "leading": 0, T/n, 2T/n, ... (DDIM paper, section 4.2)
         t = (torch.arange(steps) * (T // steps)).flip(0).double()
@@ -181,6 +192,9 @@ def heun(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep: Kee
 
 
 def _karras(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heun: bool) -> Iterator[SampleStep]:
+    if plan.prediction == "flow":
+        yield from _flow(model, x, plan, keep, heun)
+        return
     n = len(plan.timesteps)
     vp = lambda y, s: y / math.sqrt(1 + s * s)  # noqa: E731  sigma space -> the model's scale
     y = x * math.sqrt(1 + float(plan.sigmas[0]) ** 2)  # the model's scale -> sigma space
@@ -196,6 +210,21 @@ def _karras(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heu
         if keep:
             y = keep(vp(y, s_next), s_next) * math.sqrt(1 + s_next * s_next)
         yield SampleStep(i + 1, n, t, s_next, vp(y, s_next), x0)
+
+
+def _flow(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heun: bool) -> Iterator[SampleStep]:
+    """Rectified flow: the model gives the velocity v = dx/dt, so Euler is x += v * (t_next - t)."""
+    n = len(plan.timesteps)
+    for i in range(n):
+        t, t_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
+        v = _call(model, x, float(plan.timesteps[i]))
+        x0 = x - t * v  # x_t = (1 - t) x0 + t eps and v = eps - x0 give x0 = x_t - t v
+        x_next = x + v * (t_next - t)
+        if heun and t_next > 0:
+            v_next = _call(model, x_next, float(plan.timesteps[i + 1]))
+            x_next = x + (v + v_next) / 2 * (t_next - t)
+        x = keep(x_next, t_next) if keep else x_next
+        yield SampleStep(i + 1, n, float(plan.timesteps[i]), t_next, x, x0)
 
 
 SAMPLERS: dict[str, Callable[..., Iterator[SampleStep]]] = {

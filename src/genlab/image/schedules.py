@@ -10,6 +10,10 @@ runs the process backwards. This module is the only place x_t is made from x0.
 
     sched = NoiseSchedule.cosine()
     xt = sched.add_noise(x0, eps, t)         # t: (B,) integer timesteps in [0, T)
+
+Rectified flow (Liu et al. 2022; flow matching, Lipman et al. 2022) is the other forward
+process here: a straight line from data to noise, x_t = (1 - t) x0 + t eps for t in [0, 1],
+whose velocity dx_t/dt = eps - x0 is the training target (FlowSchedule).
 """
 
 from __future__ import annotations
@@ -57,9 +61,33 @@ class NoiseSchedule:
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0), DDPM eq. 4: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps."""
         a, b = self._coefficients(t, x0)
-        return a * x0 + b * eps
+        return noised(x0, eps, a, b)
 
     def velocity(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The v-prediction target (Salimans & Ho 2022, section 4): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0."""
         a, b = self._coefficients(t, x0)
         return a * eps - b * x0
+
+
+def noised(x0: torch.Tensor, eps: torch.Tensor, signal, noise) -> torch.Tensor:
+    """The one line every forward process shares: x_t = signal * x0 + noise * eps."""
+    return signal * x0 + noise * eps
+
+
+@dataclass
+class FlowSchedule:
+    """Rectified flow: x_t = (1 - t) x0 + t eps, t in [0, 1]; the model sees the timestep 1000 t."""
+
+    num_steps: int = 1000  # the model's timestep scale, as for NoiseSchedule
+
+    def draw_t(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(batch, generator=generator)  # (B,) uniform in [0, 1)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.view((-1,) + (1,) * (x0.dim() - 1)).to(x0.dtype)
+        return noised(x0, eps, 1 - t, t)
+
+    @staticmethod
+    def velocity(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The training target: d x_t / dt = eps - x0, the same at every t on the straight line."""
+        return eps - x0

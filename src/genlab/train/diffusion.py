@@ -24,27 +24,33 @@ import torch.nn.functional as F
 from ..errors import check
 from ..image.data import ImageData, load_images
 from ..image.denoiser import DiffusionConfig, Denoiser, save_model
-from ..image.schedules import NoiseSchedule
+from ..image.schedules import FlowSchedule, NoiseSchedule
 from ..store import atomic_dir
 from .loop import StepStats, Trainer, TrainConfig
 
 P_UNCOND = 0.1  # how often the label is dropped (Ho & Salimans 2022 use 0.1-0.2)
 
 
-def diffusion_loss(model: Denoiser, schedule: NoiseSchedule, data: ImageData, batch_size: int,
+def diffusion_loss(model: Denoiser, schedule: NoiseSchedule | FlowSchedule, data: ImageData, batch_size: int,
                    generator: torch.Generator) -> torch.Tensor:
     """One batch of DDPM Algorithm 1, with the target chosen by model.config.prediction."""
     n, T = data.x.shape[0], schedule.num_steps
     idx = torch.randint(n, (batch_size,), generator=generator)
     x0, labels = data.x[idx], data.labels[idx]  # (B, C, H, W), (B,)
-    t = torch.randint(T, (batch_size,), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
-    xt = schedule.add_noise(x0, eps, t)  # DDPM eq. 4
-    target = eps if model.config.prediction == "eps" else schedule.velocity(x0, eps, t)
+    if isinstance(schedule, FlowSchedule):  # rectified flow: t in [0, 1], the model sees 1000 t
+        t = schedule.draw_t(batch_size, generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        xt, target, t_model = schedule.add_noise(x0, eps, t), schedule.velocity(x0, eps), t * T
+    else:
+        t = torch.randint(T, (batch_size,), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        xt = schedule.add_noise(x0, eps, t)  # DDPM eq. 4
+        target = eps if model.config.prediction == "eps" else schedule.velocity(x0, eps, t)
+        t_model = t
     if model.config.num_classes:
         drop = torch.rand(batch_size, generator=generator) < P_UNCOND
         labels = torch.where(drop, torch.full_like(labels, model.config.num_classes), labels)
-    return F.mse_loss(model(xt, t, labels), target)
+    return F.mse_loss(model(xt, t_model, labels), target)
 
 
 @dataclass
@@ -92,7 +98,7 @@ class DiffusionRun:
 
     @torch.inference_mode()
     def sample_grid(self, path: Path, per_class: int = 4, steps: int = 20):
-        """A grid of EMA samples, one column per class (DPM-Solver++, guidance 3, seed 0)."""
+        """A grid of EMA samples, one column per class (DPM-Solver++ or, for flow, Euler; guidance 3, seed 0)."""
         from ..image.canvas import grid, to_pil, upscale
         from ..image.generator import guided
         from ..image.samplers import SAMPLERS, make_plan
@@ -105,8 +111,9 @@ class DiffusionRun:
         labels = torch.arange(k).repeat(per_class) if c.num_classes else None
         g = torch.Generator().manual_seed(0)
         x = torch.randn((k * per_class, c.channels, c.resolution, c.resolution), generator=g)
-        plan = make_plan("dpmpp", c.noise_schedule(), steps, c.prediction)
-        for step in SAMPLERS["dpmpp"](guided(ema, labels, None, 3.0), x, plan, generator=g):
+        sampler = "euler" if c.schedule == "flow" else "dpmpp"
+        plan = make_plan(sampler, c.noise_schedule(), steps, c.prediction)
+        for step in SAMPLERS[sampler](guided(ema, labels, None, 3.0), x, plan, generator=g):
             x = step.xt
         path.parent.mkdir(parents=True, exist_ok=True)
         upscale(grid(to_pil(x), columns=k), max(1, 64 // c.resolution)).save(path)
