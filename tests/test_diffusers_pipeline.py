@@ -58,14 +58,22 @@ def test_pipeline_img2img_inpaint_trajectory_and_cli(tiny_sd, tmp_path, capsys):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "init.png")
     Image.new("L", (16, 16), 255).save(tmp_path / "mask.png")
     gen = ImageGenerator(str(tiny_sd))
-    [a] = gen.generate("a cat", init_image=str(tmp_path / "init.png"), strength=0.5, steps=4, seed=1)
+    [a] = gen.generate("a cat", init_image=str(tmp_path / "init.png"), strength=0.5, steps=4, seed=1, sampler="ddim")
+    img2img = diffusers.AutoPipelineForImage2Image.from_pretrained(str(tiny_sd), local_files_only=True)
+    img2img.scheduler = diffusers.DDIMScheduler.from_config(img2img.scheduler.config)
+    img2img.set_progress_bar_config(disable=True)
+    [want] = img2img("a cat", image=Image.open(tmp_path / "init.png"), strength=0.5, num_inference_steps=4,
+                     guidance_scale=1.5, generator=torch.Generator().manual_seed(1)).images
+    assert png_bytes(a) == png_bytes(want)
+    [text_only] = gen.generate("a cat", steps=4, seed=1, sampler="ddim")
+    assert png_bytes(a) != png_bytes(text_only)
     [b] = gen.generate("a cat", init_image=str(tmp_path / "init.png"), mask=str(tmp_path / "mask.png"), steps=4, seed=1)
-    assert a.size == b.size == (16, 16)
+    assert b.size == (16, 16) and png_bytes(b) != png_bytes(a)
     code, _, err = run(["image", "a cat", "--model", str(tiny_sd), "--steps", "4", "--seed", "2", "--sampler", "dpmpp",
                         "--out", str(tmp_path / "x.png"), "--trajectory", str(tmp_path / "t.png"), "--frames", "2"], capsys)
     assert code == 0, err
     assert (tmp_path / "x.png").read_bytes() == png_bytes(upscaled(gen.generate("a cat", steps=4, seed=2, sampler="dpmpp")[0]))
-    assert (tmp_path / "t.png").is_file()
+    assert Image.open(tmp_path / "t.png").size == (2 * 16 * 8 + 1 * 8, 16 * 8)  # 2 frames of 16 px, 1 px gap, x8
 
 
 def byte_alphabet():

@@ -29,6 +29,9 @@ def test_bad_prompts_list_what_is_accepted(prompt, fragment):
 def test_prompts_for_folder_classes():
     assert parse_prompt("a golden retriever", ["cat", "golden retriever"]) == 1
     assert parse_prompt("Cat", ["cat", "golden retriever"]) == 0
+    assert parse_prompt("golden_retriever", ["cat", "golden_retriever"]) == 1
+    with pytest.raises(GenlabError, match="names none of them"):
+        parse_prompt("a catapult", ["cat", "dog"])
 
 
 def test_same_seed_same_png_bytes(tiny_diffusion):
@@ -75,12 +78,16 @@ def test_inpainting_keeps_the_black_part_of_the_mask(tiny_diffusion, tmp_path):
     mask = torch.zeros(8, 8, dtype=torch.uint8)
     mask[:, 4:] = 255  # repaint the right half
     Image.frombytes("L", (8, 8), mask.numpy().tobytes()).save(tmp_path / "mask.png")
-    for sampler in ("ddim", "dpmpp", "euler"):
-        [out] = ImageGenerator(str(tiny_diffusion)).generate("0", init_image=str(init), mask=str(tmp_path / "mask.png"),
-                                                             strength=1.0, steps=8, seed=0, sampler=sampler)
-        got, want = read_image_tensor(out), read_image(init, 8, 1)
-        assert torch.equal(got[..., :4], want[..., :4]), sampler  # kept exactly
-        assert not torch.equal(got[..., 4:], want[..., 4:]), sampler  # redrawn
+    want = read_image(init, 8, 1)
+    for sampler in ("ddpm", "ddim", "dpmpp", "euler", "heun"):
+        for strength, n in ((1.0, 1), (0.6, 2)):
+            outs = ImageGenerator(str(tiny_diffusion)).generate("0", init_image=str(init), mask=str(tmp_path / "mask.png"),
+                                                                strength=strength, steps=8, seed=0, sampler=sampler, n=n)
+            assert len(outs) == n
+            for out in outs:
+                got = read_image_tensor(out)
+                assert torch.equal(got[..., :4], want[..., :4]), sampler  # kept exactly
+                assert not torch.equal(got[..., 4:], want[..., 4:]), sampler  # redrawn
 
 
 def read_image_tensor(im):
@@ -88,8 +95,12 @@ def read_image_tensor(im):
 
 
 def test_trajectory_goes_from_noise_to_the_image(tiny_diffusion):
+    from genlab.image.canvas import to_pil
+
     result = ImageGenerator(str(tiny_diffusion)).run(ImageRequest("1", steps=12, seed=0, trajectory_frames=4))
     assert len(result.trajectory) == 4
+    noise = torch.randn((1, 1, 8, 8), generator=torch.Generator().manual_seed(0))  # what seed 0 starts from
+    assert png_bytes(result.trajectory[0]) == png_bytes(to_pil(noise)[0])
     assert png_bytes(result.trajectory[-1]) == png_bytes(result.images[0])
     assert result.model_calls == 12
 
@@ -114,12 +125,30 @@ def test_cli_and_api_give_the_same_png(tiny_diffusion, tmp_path, capsys):
     (["--model", "/nonexistent-folder"], "is not a folder"),
     (["--out", "x.jpg"], "--out must end in .png"),
     (["--steps", "abc"], "Invalid value for '--steps'"),
+    (["--trajectory", "strip.gif"], "--trajectory must end in .png"),
+    (["--seed", str(2**64)], "--seed must be between 0 and 2^63 - 1"),
+    (["--dtype", "int8"], "--dtype must be auto, float32, float16 or bfloat16, got 'int8'"),
+    (["--device", "tpu"], "device"),
 ])
 def test_bad_image_input_is_one_line(tiny_diffusion, extra, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["image", "1", "--model", str(tiny_diffusion)] + extra
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, fragment)
+
+
+def test_unwritable_out_and_broken_model_folders_are_one_line(tiny_diffusion, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(["image", "1", "--model", str(tiny_diffusion), "--steps", "2", "--out", str(tmp_path / "file" / "x.png")], capsys)
+    assert_one_line_error(code, err, "cannot write --out")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "genlab.json").write_text("{not json")
+    assert_one_line_error(*run(["image", "1", "--model", str(broken)], capsys)[::2], "genlab.json is not valid JSON")
+    (broken / "genlab.json").write_text('{"resolution": 8, "colour": "blue"}')
+    assert_one_line_error(*run(["image", "1", "--model", str(broken)], capsys)[::2], "unknown keys in genlab.json: colour")
+    (broken / "genlab.json").write_text('{"resolution": 8}')
+    assert_one_line_error(*run(["image", "1", "--model", str(broken)], capsys)[::2], "cannot load weights from")
 
 
 def test_bad_mask_and_prompt_are_one_line(tiny_diffusion, tmp_path, capsys, monkeypatch):

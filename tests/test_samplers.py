@@ -40,6 +40,8 @@ def reference(name, schedule_name, steps, prediction, noise, seed, eta):
     kwargs = {"beta_schedule": schedule_name, "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "epsilon" if prediction == "eps" else "v_prediction"}
     if name in ("ddpm", "ddim"):
         kwargs["clip_sample"] = False
+    if name != "dpmpp":
+        kwargs["timestep_spacing"] = "trailing"
     sched = cls(num_train_timesteps=1000, **kwargs)
     sched.set_timesteps(steps)
     model = ToyDenoiser()
@@ -62,7 +64,8 @@ CASES = [
     ("euler", "linear", 10, "eps", 0.0),
     ("euler", "linear", 20, "v", 0.0),
     ("heun", "linear", 10, "eps", 0.0),
-    ("heun", "linear", 15, "v", 0.0),
+    ("heun", "linear", 20, "v", 0.0),
+    ("ddim", "linear", 1, "eps", 0.0),
 ]
 
 
@@ -114,6 +117,12 @@ def test_ddpm_noise_comes_from_the_generator():
     run = lambda seed: list(SAMPLERS["ddpm"](ToyDenoiser(), noise, plan, generator=torch.Generator().manual_seed(seed)))[-1].xt  # noqa: E731
     assert torch.equal(run(3), run(3))
     assert not torch.allclose(run(3), run(4))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp", "euler", "heun"])
+def test_one_step_starts_from_pure_noise(sampler):
+    plan = make_plan(sampler, NoiseSchedule.linear(), 1)
+    assert plan.timesteps.tolist() == [999.0] and plan.sigmas[-1] == 0
 
 
 def test_img2img_plan_keeps_the_last_steps():

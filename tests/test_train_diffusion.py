@@ -124,3 +124,22 @@ def test_rectified_flow_trains_and_samples(tmp_path, capsys):
     assert code == 0 and "4 model calls" in err, err
     code, _, err = run(["image", "3", "--model", str(tmp_path), "--sampler", "ddim"], capsys)
     assert_one_line_error(code, err, "a rectified-flow model samples with euler or heun, not 'ddim'")
+
+
+def test_cli_resume_keeps_the_runs_own_total_and_refuses_changes(tmp_path, capsys):
+    base = ["train", "diffusion", "--resolution", "8", "--batch-size", "8", "--sample-every", "0", "--out", str(tmp_path / "r")]
+    straight = ["train", "diffusion", "--resolution", "8", "--batch-size", "8", "--sample-every", "0", "--out", str(tmp_path / "s")]
+    assert run(straight + ["--steps", "6", "--checkpoint-every", "6"], capsys)[0] == 0
+    assert run(base + ["--steps", "6", "--checkpoint-every", "3"], capsys)[0] == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "r" / "checkpoints" / "step-0000006")  # as if killed after step 3
+    code, _, err = run(["train", "diffusion", "--out", str(tmp_path / "r"), "--resume", "--checkpoint-every", "3",
+                        "--sample-every", "0"], capsys)
+    assert code == 0 and "at step 3 of 6" in err, err
+    a = (tmp_path / "s" / "model" / "model.safetensors").read_bytes()
+    assert (tmp_path / "r" / "model" / "model.safetensors").read_bytes() == a
+    code, _, err = run(["train", "diffusion", "--out", str(tmp_path / "r"), "--resume", "--lr", "0.1"], capsys)
+    assert_one_line_error(code, err, "--resume continues the run as it was saved: --lr is 0.002 there, not 0.1")
+    code, _, err = run(["train", "diffusion", "--out", str(tmp_path / "r"), "--resume", "--steps", "5"], capsys)
+    assert_one_line_error(code, err, "--steps must be more than the 6 steps already done, got 5")

@@ -39,10 +39,11 @@ def image(
     Example: genlab image "a handwritten 7" --steps 20 --seed 0 --out seven.png
     """
     from genlab.errors import check
-    from genlab.image.canvas import grid, upscale
+    from genlab.image.canvas import grid, save_png, upscale
     from genlab.image.generator import ImageGenerator, ImageRequest
 
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
+    check(trajectory is None or trajectory.suffix.lower() == ".png", f"--trajectory must end in .png, got {str(trajectory)!r}")
     check(frames >= 2, f"--frames must be at least 2, got {frames}")
     check(scale >= 0, f"--scale must be 0 or more, got {scale}")
     request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
@@ -50,13 +51,12 @@ def image(
                            trajectory_frames=frames if trajectory else 0)
     gen = ImageGenerator(model, device=device, dtype=dtype)
     with step_progress(sampler or gen.default_sampler or "sampling", steps) as update:
-        result = gen.run(request, on_step=lambda s: update(s.index, f"sigma {s.sigma:.3g}"))
+        result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
     picture = result.images[0] if n == 1 else grid(result.images)
     factor = scale or max(1, 128 // max(result.images[0].size))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    upscale(picture, factor).save(out)
+    save_png(upscale(picture, factor), out)
     if trajectory:
-        upscale(grid(result.trajectory, columns=len(result.trajectory)), factor).save(trajectory)
+        save_png(upscale(grid(result.trajectory, columns=len(result.trajectory)), factor), trajectory, "--trajectory")
     console.print(f"saved {out}" + (f" and {trajectory}" if trajectory else "") + f" · {result.model_calls} model calls "
                   f"in {result.seconds:.2f} s ({result.steps_per_s:.1f} steps/s, {result.s_per_image:.2f} s/image) · "
                   f"load {gen.load_s:.2f} s · seed {result.seed}")

@@ -11,22 +11,31 @@ from genlab.cli import train_app
 from genlab.progress import console, step_progress
 
 
+# What a run is made of. With --resume these come from the checkpoint; giving one that
+# differs is an error, since the run could not then continue bit for bit.
+DEFAULTS = {"data": "digits", "steps": 4000, "batch_size": 128, "lr": 2e-3, "seed": 0, "resolution": None,
+            "prediction": "v", "schedule": "cosine"}
+
+
 @train_app.command()
 def diffusion(
-    data: Annotated[str, typer.Option(help="'digits' (scikit-learn's handwritten digits) or a folder of images; "
-                                           "subfolder names become class labels.")] = "digits",
+    data: Annotated[Optional[str], typer.Option(help="'digits' (scikit-learn's handwritten digits) or a folder of images; "
+                                                     "subfolder names become class labels. [default: digits]")] = None,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (use it with genlab image --model).")] = Path("runs/diffusion"),
-    steps: Annotated[int, typer.Option(help="Optimizer steps in total (with --resume: the new total).")] = 4000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Seed for the initial weights and every random draw in training.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. "
+                                                      "[default: 4000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step. [default: 128]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 2e-3]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every random draw in training. [default: 0]")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Resize images to N x N (digits: default 16; folders: "
                                                            "required when sizes differ).")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
     sample_every: Annotated[int, typer.Option("--sample-every", help="Save a grid of samples every N steps; 0 = never.")] = 500,
-    prediction: Annotated[str, typer.Option(help="Training target: v (velocity, Salimans & Ho 2022) or eps (the noise, DDPM).")] = "v",
-    schedule: Annotated[str, typer.Option(help="Forward process: cosine (Nichol & Dhariwal 2021), linear (DDPM) or flow "
-                                                "(rectified flow: the model learns the velocity eps - x0; sample with euler or heun).")] = "cosine",
+    prediction: Annotated[Optional[str], typer.Option(help="Training target: v (velocity, Salimans & Ho 2022) or eps "
+                                                           "(the noise, DDPM). [default: v]")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Forward process: cosine (Nichol & Dhariwal 2021), linear (DDPM) or "
+                                                         "flow (rectified flow: the model learns the velocity eps - x0; sample "
+                                                         "with euler or heun). [default: cosine]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
 ):
     """Train a class-conditional diffusion model (UNet, v-prediction, cosine schedule, EMA).
@@ -36,18 +45,16 @@ def diffusion(
     """
     from genlab.errors import check
     from genlab.train.diffusion import DiffusionRun
-    from genlab.train.loop import TrainConfig
 
     check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     check(sample_every >= 0, f"--sample-every must be 0 or more, got {sample_every}")
+    given = {k: v for k, v in dict(data=data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
+                                   prediction=prediction, schedule=schedule).items() if v is not None}
     if resume:
-        run = DiffusionRun.resume(out, steps)
+        run = DiffusionRun.resume(out, given)
         console.print(f"resuming {out} at step {run.trainer.step} of {run.trainer.config.steps}")
     else:
-        from genlab.image.denoiser import DiffusionConfig
-
-        model_config = DiffusionConfig(prediction=prediction, schedule=schedule)
-        run = DiffusionRun.start(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), data, out, resolution, model_config)
+        run = DiffusionRun.create(out, DEFAULTS | given)
     c, n = run.model.config, sum(p.numel() for p in run.model.parameters())
     console.print(f"{len(run.data.x)} images of {c.channels}x{c.resolution}x{c.resolution}, "
                   f"{c.num_classes or 'no'} classes · UNet {n / 1e6:.2f}M parameters · {c.prediction}-prediction, {c.schedule} schedule")
@@ -61,4 +68,5 @@ def diffusion(
                 run.save()
             if sample_every and (s.step % sample_every == 0 or s.step == total):
                 run.sample_grid(out / "samples" / f"step-{s.step:07d}.png")
-    console.print(f"model saved in {out / 'model'}; try: genlab image \"{(c.class_names or ['x'])[-1]}\" --model {out}")
+    example = (c.class_names or ["anything"])[-1]
+    console.print(f"model saved in {out / 'model'}; try: genlab image {example!r} --model {out}")

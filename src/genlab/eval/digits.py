@@ -101,9 +101,12 @@ def fid(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     a, b = feats_a.double().numpy(), feats_b.double().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # features that are always 0 make the product singular; sqrtm copes
+    with warnings.catch_warnings():  # features that are always 0 make the product singular
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():  # nudge both covariances off singular, as pytorch-fid does
+            offset = np.eye(a.shape[1]) * 1e-6
+            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     covmean = covmean.real  # drop the tiny imaginary parts that numerical error leaves
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 

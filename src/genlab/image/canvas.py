@@ -24,49 +24,46 @@ def to_pil(x: torch.Tensor) -> list:
     return [Image.frombytes(mode, (p.shape[1], p.shape[0]), p.squeeze(-1).numpy().tobytes()) for p in pixels]
 
 
-def read_image(path: str | Path, size: int, channels: int, what: str = "--init-image") -> torch.Tensor:
-    """A picture file -> (1, C, size, size) in [-1, 1], resized to the model's resolution."""
+def open_image(path: str | Path, what: str, mode: str = "RGB"):
+    """Open a picture as a PIL image in `mode`; transparent parts become white. One clear error if it can't."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(Path(path).expanduser()) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise GenlabError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
-    im = im.resize((size, size), Image.Resampling.BICUBIC)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+            return im.convert(mode)
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise GenlabError(f"cannot read {what} {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def read_image(path: str | Path, size: int, channels: int, what: str = "--init-image") -> torch.Tensor:
+    """A picture file -> (1, C, size, size) in [-1, 1], resized to the model's resolution."""
+    from PIL import Image
+
+    im = open_image(path, what, "L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BICUBIC)
     t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, channels)
     return t.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
 
 
 def read_mask(path: str | Path, size: int) -> torch.Tensor:
     """A mask file -> (1, 1, size, size) in {0, 1}; white (1) is repainted, black is kept.
-    The mask must have the init image's size or the model's, so that it lines up."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(Path(path).expanduser()) as im:
-            im = im.convert("L")
-    except (OSError, UnidentifiedImageError) as e:
-        raise GenlabError(f"cannot read --mask {str(path)!r}: {e.strerror or e}") from None
-    return _mask_tensor(im, size)
-
-
-def _mask_tensor(im, size: int) -> torch.Tensor:
+    (The caller checks that the mask has the init image's size, so that the two line up.)"""
     from PIL import Image
 
-    im = im.resize((size, size), Image.Resampling.NEAREST)
+    im = open_image(path, "--mask", "L").resize((size, size), Image.Resampling.NEAREST)
     t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(1, 1, size, size)
     return (t >= 128).float()
 
 
-def image_size(path: str | Path, what: str) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
+def save_png(im, path: Path, what: str = "--out") -> None:
+    """Save a PNG, creating its folder; one clear error if the place cannot be written."""
+    check(path.suffix.lower() == ".png", f"{what} must end in .png, got {str(path)!r}")
     try:
-        with Image.open(Path(path).expanduser()) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError) as e:
-        raise GenlabError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        im.save(path, format="PNG")
+    except OSError as e:
+        raise GenlabError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
 
 
 def grid(images: list, columns: int | None = None, pad: int = 1):

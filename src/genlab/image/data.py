@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import GenlabError, check
+from ..errors import check
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -54,7 +54,9 @@ def digits(resolution: int = 16, split: str = "train") -> ImageData:
 
 def folder(root: Path, resolution: int | None) -> ImageData:
     """Every image under `root`; a file in root/NAME/ gets the label NAME."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from .canvas import open_image
 
     check(root.is_dir(), f"--data must be 'digits' or a folder of images; {str(root)!r} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -62,23 +64,19 @@ def folder(root: Path, resolution: int | None) -> ImageData:
     subfolders = sorted({p.parent.relative_to(root).parts[0] for p in files if p.parent != root})
     check(not subfolders or all(p.parent != root for p in files),
           f"{root} mixes images at its top level with class subfolders; put every image in a subfolder, or none")
-    pictures = []
+    pictures = []  # RGB at the training size: resized as they are read, so a folder of photos fits in memory
     for p in files:
-        try:
-            with Image.open(p) as im:
-                pictures.append(im.convert("RGBA").copy())
-        except (OSError, UnidentifiedImageError) as e:
-            raise GenlabError(f"cannot read image {p}: {e}") from None
+        im = open_image(p, "image")
+        if resolution is not None:
+            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        pictures.append(im)
     sizes = {im.size for im in pictures}
-    if resolution is None:
-        check(len(sizes) == 1, f"the images in {root} have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); "
-              "pass --resolution N to resize them all to N x N")
+    check(len(sizes) == 1, f"the images in {root} have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); "
+          "pass --resolution N to resize them all to N x N")
     grey = all(_is_grey(im) for im in pictures)
     tensors = []
     for im in pictures:
-        im = im.convert("L" if grey else "RGB")
-        if resolution is not None:
-            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        im = im.convert("L") if grey else im
         t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.size[1], im.size[0], -1)
         tensors.append(t.permute(2, 0, 1).float() / 127.5 - 1)  # (C, H, W) in [-1, 1]
     labels = [subfolders.index(p.parent.relative_to(root).parts[0]) if subfolders else 0 for p in files]
@@ -86,5 +84,5 @@ def folder(root: Path, resolution: int | None) -> ImageData:
 
 
 def _is_grey(im) -> bool:
-    r, g, b, _ = im.split()
+    r, g, b = im.split()
     return r.tobytes() == g.tobytes() == b.tobytes()

@@ -46,7 +46,8 @@ class DiffusionConfig:
         check(self.prediction in ("v", "eps", "flow") and (self.prediction == "flow") == (self.schedule == "flow"),
               f"prediction must be v or eps, got {self.prediction!r}")
         check(self.resolution % 2 ** (len(self.widths) - 1) == 0,
-              f"resolution {self.resolution} must be divisible by {2 ** (len(self.widths) - 1)} for {len(self.widths)} UNet levels")
+              f"image size {self.resolution} must be a multiple of {2 ** (len(self.widths) - 1)} for a {len(self.widths)}-level UNet; "
+              f"pass --resolution N with N a multiple of {2 ** (len(self.widths) - 1)}")
 
     @property
     def num_classes(self) -> int:
@@ -59,11 +60,18 @@ class DiffusionConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "DiffusionConfig":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenlabError(f"{CONFIG_FILE} is not valid JSON: {e}") from None
+        check(isinstance(data, dict), f"{CONFIG_FILE} must hold a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         check(not unknown, f"unknown keys in {CONFIG_FILE}: {', '.join(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise GenlabError(f"bad value in {CONFIG_FILE}: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

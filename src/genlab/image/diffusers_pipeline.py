@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GenlabError, check
+from .canvas import open_image
 from .samplers import SampleStep
 
 SCHEDULERS = {
@@ -59,7 +60,7 @@ class DiffusersPipeline:
         import diffusers
         from PIL import Image
 
-        from .generator import ImageResult
+        from .generator import ImageResult, _frame_indices
 
         pipe = self._variant(request)
         if request.sampler:  # otherwise keep the pipeline's own scheduler
@@ -74,22 +75,25 @@ class DiffusersPipeline:
         }
         kwargs |= {k: v for k, v in optional.items() if k in accepts and v is not None}
         if request.init_image:
-            kwargs["image"] = _open(request.init_image, "RGB", "--init-image")
+            kwargs["image"] = open_image(request.init_image, "--init-image", "RGB")
+            check(int(request.steps * request.strength) >= 1, f"--strength {request.strength} with {request.steps} steps leaves "
+                  "no step to run for a diffusers pipeline; raise --strength or --steps")
         if request.mask:
-            kwargs["mask_image"] = _open(request.mask, "L", "--mask")
+            kwargs["mask_image"] = open_image(request.mask, "--mask", "L")
             check(kwargs["mask_image"].size == kwargs["image"].size, f"--mask is {kwargs['mask_image'].size[0]}x{kwargs['mask_image'].size[1]} "
                   f"but --init-image is {kwargs['image'].size[0]}x{kwargs['image'].size[1]}; they must match")
         frames, calls = [], [0]
         if "callback_on_step_end" in accepts:
-            total = request.steps
 
             def callback(_pipe, i, t, tensors):
                 calls[0] += 1
+                total = _pipe.num_timesteps if hasattr(_pipe, "num_timesteps") else request.steps
                 latents = tensors["latents"]
                 step = SampleStep(i + 1, total, float(t), float("nan"), latents, latents)
                 if on_step:
                     on_step(step)
-                if request.trajectory_frames and (i + 1) % max(1, total // request.trajectory_frames) == 0:
+                # the pipeline's starting noise is not shown to callbacks: its first frame is after step 1
+                if i + 1 in {max(1, k) for k in _frame_indices(total, request.trajectory_frames)}:
                     frames.append(self._decode(latents[:1]))
                 return tensors
 
@@ -110,12 +114,3 @@ class DiffusersPipeline:
         x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         return to_pil(x.float())[0]
 
-
-def _open(path: str, mode: str, what: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(Path(path).expanduser()) as im:
-            return im.convert(mode)
-    except (OSError, UnidentifiedImageError) as e:
-        raise GenlabError(f"cannot read {what} {path!r}: {e}") from None

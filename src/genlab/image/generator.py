@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import check
-from .canvas import image_size, read_image, read_mask, to_pil
+from .canvas import open_image, read_image, read_mask, to_pil
 from .data import DIGIT_WORDS
 from .samplers import SAMPLERS, SampleStep, make_plan, model_calls
 
@@ -59,6 +59,7 @@ class ImageRequest:
         check(self.mask is None or self.init_image is not None, "--mask needs --init-image: the picture to inpaint")
         if self.seed is None:
             self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        check(0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
 
 
 @dataclass
@@ -80,14 +81,12 @@ class ImageResult:
 
 def parse_prompt(prompt: str, class_names: list[str]) -> int:
     """Which class a prompt names: "7", "seven" and "a handwritten 7" all give 7 for digits."""
-    words = re.findall(r"[a-z0-9]+", prompt.lower())
-    names = [c.lower() for c in class_names]
-    found = {names.index(w) for w in words if w in names}
-    if names == [str(i) for i in range(10)]:
-        found |= {DIGIT_WORDS.index(w) for w in words if w in DIGIT_WORDS}
-    if not found:  # a multi-word class name ("golden retriever") is matched as a phrase
-        found = {i for i, c in enumerate(names) if c and c in " ".join(words)}
-    accepted = ", ".join(class_names) + (" (or their names: zero ... nine)" if names == [str(i) for i in range(10)] else "")
+    text = " " + " ".join(re.findall(r"[a-z0-9]+", prompt.lower())) + " "
+    names = [" " + " ".join(re.findall(r"[a-z0-9]+", c.lower())) + " " for c in class_names]  # "golden_retriever" -> " golden retriever "
+    found = {i for i, name in enumerate(names) if name.strip() and name in text}  # whole words only: "catapult" is not "cat"
+    if class_names == [str(i) for i in range(10)]:
+        found |= {i for i, w in enumerate(DIGIT_WORDS) if f" {w} " in text}
+    accepted = ", ".join(class_names) + (" (or their names: zero ... nine)" if class_names == [str(i) for i in range(10)] else "")
     check(len(found) == 1, f"this model draws one of: {accepted}; "
           + (f"the prompt {prompt!r} names none of them" if not found else f"the prompt {prompt!r} names several"))
     return found.pop()
@@ -124,6 +123,14 @@ class ImageGenerator:
             self.config = self.model.config
             self.schedule = self.config.noise_schedule()
         self.load_s = time.perf_counter() - start
+
+    @classmethod
+    def from_model(cls, model) -> "ImageGenerator":
+        """Wrap a Denoiser already in memory (e.g. the EMA weights during training)."""
+        gen = cls.__new__(cls)
+        gen.device, gen.dtype, gen.folder, gen.load_s, gen.pipeline = next(model.parameters()).device, torch.float32, None, 0.0, None
+        gen.model, gen.config, gen.schedule = model.eval(), model.config, model.config.noise_schedule()
+        return gen
 
     def generate(self, prompt: str, **options) -> list:
         """PIL images for `prompt`; options are ImageRequest's fields (steps, seed, sampler, ...)."""
@@ -187,7 +194,7 @@ class ImageGenerator:
         return read_image(request.init_image, self.config.resolution, self.config.channels)
 
     def _mask(self, request: ImageRequest) -> torch.Tensor:
-        want, got = image_size(request.init_image, "--init-image"), image_size(request.mask, "--mask")
+        want, got = open_image(request.init_image, "--init-image").size, open_image(request.mask, "--mask").size
         check(want == got, f"--mask is {got[0]}x{got[1]} but --init-image is {want[0]}x{want[1]}; they must match")
         return read_mask(request.mask, self.config.resolution)
 

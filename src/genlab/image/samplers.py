@@ -14,9 +14,10 @@ as sigma = sqrt((1 - alpha_bar) / alpha_bar), so that x_t / sqrt(alpha_bar) = x0
 (Karras et al. 2022, "EDM"); sigma = 0 is a clean image.
 
 The five samplers reproduce diffusers' DDPMScheduler, DDIMScheduler,
-DPMSolverMultistepScheduler, EulerDiscreteScheduler and HeunDiscreteScheduler (default
-settings, no sample clipping) on the same model and noise to 1e-4; tests/test_samplers.py
-checks it. genlab writes them out because each one is a dozen lines of the paper's maths,
+DPMSolverMultistepScheduler, EulerDiscreteScheduler and HeunDiscreteScheduler on the same
+model and noise to 1e-4 (with timestep_spacing="trailing" and no sample clipping; diffusers
+starts Euler and Heun from sigma_max * noise where genlab uses sqrt(1 + sigma_max^2) * noise,
+so the test scales the start to match); tests/test_samplers.py checks it. genlab writes them out because each one is a dozen lines of the paper's maths,
 which is easier to learn from than a scheduler's set_timesteps/step state machine.
 """
 
@@ -65,7 +66,7 @@ class Plan:
         return noised(x0, eps, math.sqrt(a), math.sqrt(1 - a))
 
     def skip(self, strength: float) -> "Plan":
-        """Keep the last round(n * strength) steps: img2img starts part-way down (SDEdit)."""
+        """Keep the last int(n * strength) steps: img2img starts part-way down (SDEdit), as diffusers does."""
         n = len(self.timesteps)
         start = n - min(int(n * strength), n)
         return Plan(self.timesteps[start:], self.sigmas[start:], self.prediction)
@@ -82,12 +83,10 @@ def make_plan(sampler: str, schedule: NoiseSchedule | FlowSchedule, steps: int, 
         t = torch.linspace(1.0, 1.0 / T, steps, dtype=torch.float64)
         return Plan((t * T).float(), torch.cat([t, t.new_zeros(1)]), "flow")
     all_sigmas = ((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double()).sqrt()  # (T,)
-    if sampler in ("ddpm", "ddim"):  # "leading": 0, T/n, 2T/n, ... (DDIM paper, section 4.2)
-        t = (torch.arange(steps) * (T // steps)).flip(0).double()
-    elif sampler == "dpmpp":  # n + 1 integer points from T-1 to 0, dropping the 0
+    if sampler == "dpmpp":  # n + 1 integer points from T-1 to 0, dropping the 0
         t = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1]
-    else:  # "linspace" with fractional timesteps, as in Karras et al.'s samplers
-        t = torch.linspace(0, T - 1, steps, dtype=torch.float64).flip(0)
+    else:  # "trailing": T-1, T-1-T/n, ... so that even one step starts from pure noise (Lin et al. 2024, sec. 3.3)
+        t = torch.arange(T, 0, -T / steps, dtype=torch.float64).round() - 1
     sigmas = _interp(t, all_sigmas)
     return Plan(t.float(), torch.cat([sigmas, sigmas.new_zeros(1)]), prediction)
 
@@ -114,7 +113,8 @@ def _call(model: Denoiser, xt: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    # drawn on the CPU, then moved: one CPU generator serves every device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
 def ddpm(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep: Keep | None = None, **_) -> Iterator[SampleStep]:

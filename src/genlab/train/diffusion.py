@@ -66,23 +66,48 @@ class DiffusionRun:
     def start(cls, config: TrainConfig, data: str, out: Path, resolution: int | None = None,
               model_config: DiffusionConfig | None = None) -> "DiffusionRun":
         images = load_images(data, resolution)
+        check(images.x.shape[-1] == images.x.shape[-2], f"images must be square, got {tuple(images.x.shape[-2:])}; pass --resolution N")
         c = model_config or DiffusionConfig()
         c = dataclasses.replace(c, resolution=images.x.shape[-1], channels=images.x.shape[1],
                                 class_names=images.class_names)
-        check(images.x.shape[-1] == images.x.shape[-2], f"images must be square, got {tuple(images.x.shape[-2:])}; pass --resolution N")
         torch.manual_seed(config.seed)  # the initial weights
         model = Denoiser(c)
         extra = {"data": data, "resolution": resolution, "model": dataclasses.asdict(c)}
         return cls(Trainer(model, config, extra), model, images, out)
 
     @classmethod
-    def resume(cls, out: Path, steps: int | None = None) -> "DiffusionRun":
+    def create(cls, out: Path, options: dict) -> "DiffusionRun":
+        """A new run from the CLI's options (data, steps, batch_size, lr, seed, resolution, prediction, schedule)."""
+        o = dict(options)
+        data = o.pop("data")
+        data = data if data == "digits" else str(Path(data).expanduser().resolve())  # resumable from anywhere
+        model = DiffusionConfig(prediction=o.pop("prediction"), schedule=o.pop("schedule"))
+        resolution = o.pop("resolution")
+        return cls.start(TrainConfig(**o), data, out, resolution, model)
+
+    @classmethod
+    def resume(cls, out: Path, given: dict | None = None) -> "DiffusionRun":
+        """Continue the newest checkpoint in out/checkpoints. `given` holds options the user passed
+        again: they must match the run, except `steps`, which may extend it."""
         checkpoint = Trainer.latest(out / "checkpoints")
         check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-        extra = Trainer.read_meta(checkpoint)["extra"]
+        meta = Trainer.read_meta(checkpoint)
+        extra, saved = meta["extra"], meta["config"] | {"data": meta["extra"]["data"], "resolution": meta["extra"]["resolution"]}
+        saved |= {k: extra["model"][k] for k in ("prediction", "schedule")}
+        given = dict(given or {})
+        steps = given.pop("steps", None)
+        for key, value in given.items():
+            same = value == saved[key] or (key == "data" and str(Path(value).expanduser().resolve()) == saved[key])
+            check(same, f"--resume continues the run as it was saved: --{key.replace('_', '-')} is {saved[key]!r} there, "
+                        f"not {value!r}; drop the option or start a new --out")
+        check(steps is None or steps > meta["step"], f"--steps must be more than the {meta['step']} steps already done, got {steps}")
         model = Denoiser(DiffusionConfig(**extra["model"]))
         trainer = Trainer.resume(model, checkpoint, steps)
-        return cls(trainer, model, load_images(extra["data"], extra["resolution"]), out)
+        images = load_images(extra["data"], extra["resolution"])
+        c = model.config
+        check(images.class_names == c.class_names and tuple(images.x.shape[1:]) == (c.channels, c.resolution, c.resolution),
+              f"the data in {extra['data']} changed since the run started (classes or image size); start a new --out")
+        return cls(trainer, model, images, out)
 
     def steps(self) -> Iterator[StepStats]:
         schedule = self.model.config.noise_schedule()
@@ -96,25 +121,20 @@ class DiffusionRun:
             save_model(self.model, tmp, self.trainer.ema.shadow)
         return path
 
-    @torch.inference_mode()
     def sample_grid(self, path: Path, per_class: int = 4, steps: int = 20):
-        """A grid of EMA samples, one column per class (DPM-Solver++ or, for flow, Euler; guidance 3, seed 0)."""
-        from ..image.canvas import grid, to_pil, upscale
-        from ..image.generator import guided
-        from ..image.samplers import SAMPLERS, make_plan
+        """A grid of EMA samples, one column per class, with the model's default sampler, seed 0."""
+        import copy
 
-        c = self.model.config
-        ema = Denoiser(c)
+        from ..image.canvas import grid, save_png, upscale
+        from ..image.generator import ImageGenerator, ImageRequest
+
+        ema = copy.deepcopy(self.model)
         ema.load_state_dict(self.trainer.ema.shadow)
-        ema.eval()
-        k = max(1, c.num_classes)
-        labels = torch.arange(k).repeat(per_class) if c.num_classes else None
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn((k * per_class, c.channels, c.resolution, c.resolution), generator=g)
-        sampler = "euler" if c.schedule == "flow" else "dpmpp"
-        plan = make_plan(sampler, c.noise_schedule(), steps, c.prediction)
-        for step in SAMPLERS[sampler](guided(ema, labels, None, 3.0), x, plan, generator=g):
-            x = step.xt
-        path.parent.mkdir(parents=True, exist_ok=True)
-        upscale(grid(to_pil(x), columns=k), max(1, 64 // c.resolution)).save(path)
+        gen = ImageGenerator.from_model(ema)
+        c = self.model.config
+        columns = [gen.generate(name, n=per_class, steps=steps, seed=0) for name in c.class_names] or \
+                  [gen.generate("", n=per_class, steps=steps, seed=0)]
+        cells = [column[row] for row in range(per_class) for column in columns]  # row-major: classes across
+        save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // c.resolution)), path, "sample grid")
+        self.model.train()
         return path

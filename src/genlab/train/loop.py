@@ -20,9 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import check
+from ..store import atomic_dir
 
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
@@ -120,10 +119,8 @@ class Trainer:
         then delete all but the newest `keep`. A kill at any moment leaves a whole checkpoint."""
         from safetensors.torch import save_file
 
-        folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"step-{self.step:07d}"
-        tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=folder))
-        try:
+        with atomic_dir(final) as tmp:
             tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
             tensors |= {f"ema.{k}": v for k, v in self.ema.shadow.items()}
             optim = self.optimizer.state_dict()
@@ -134,11 +131,6 @@ class Trainer:
             meta = {"step": self.step, "config": dataclasses.asdict(self.config), "extra": self.extra,
                     "param_groups": optim["param_groups"]}
             (tmp / TRAINER_FILE).write_text(json.dumps(meta, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         for old in sorted(p for p in folder.glob("step-*") if p.is_dir())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
