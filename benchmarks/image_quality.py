@@ -31,21 +31,28 @@ import torch  # noqa: E402
 from genlab.eval.digits import DigitClassifier, accuracy, fid, real_floor  # noqa: E402
 from genlab.image.data import digits  # noqa: E402
 from genlab.image.generator import ImageGenerator, guided  # noqa: E402
-from genlab.image.samplers import SAMPLERS, make_plan, model_calls  # noqa: E402
+from genlab.image.samplers import SAMPLERS, make_plan  # noqa: E402
 
 
 @torch.inference_mode()
 def sample(gen: ImageGenerator, sampler: str, steps: int, labels: torch.Tensor, guidance: float, seed: int, batch: int):
-    """The same loop as ImageGenerator.stream, batched over many labels at once."""
-    c, out = gen.config, []
+    """The same loop as ImageGenerator.stream, batched over many labels at once.
+    Returns the images and the model calls per batch (heun skips some corrections)."""
+    c, out, calls = gen.config, [], [0]
     g = torch.Generator().manual_seed(seed)
     plan = make_plan(sampler, gen.schedule, steps, c.prediction)
     for chunk in labels.split(batch):
         x = torch.randn((len(chunk), c.channels, c.resolution, c.resolution), generator=g)
-        for step in SAMPLERS[sampler](guided(gen.model, chunk, None, guidance, gen.dtype), x, plan, generator=g):
+        denoise = guided(gen.model, chunk, None, guidance, gen.dtype)
+
+        def counted(xt, t):
+            calls[0] += 1
+            return denoise(xt, t)
+
+        for step in SAMPLERS[sampler](counted, x, plan, generator=g):
             x = step.xt
         out.append(x.float())
-    return torch.cat(out)
+    return torch.cat(out), calls[0] // len(labels.split(batch))
 
 
 def main():
@@ -59,6 +66,7 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--json", type=Path, default=Path("docs/image_quality.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/image_quality.png"))
+    p.add_argument("--update", action="store_true", help="keep the --json rows of samplers not run now (same settings only)")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -79,14 +87,22 @@ def main():
             if steps > 100 and sampler not in args.long_samplers:
                 continue
             start = time.perf_counter()
-            x = sample(gen, sampler, steps, labels, args.guidance, seed=1, batch=args.batch)
+            x, calls = sample(gen, sampler, steps, labels, args.guidance, seed=1, batch=args.batch)
             seconds = time.perf_counter() - start
-            row = {"sampler": sampler, "steps": steps, "model_calls": model_calls(sampler, steps),
+            row = {"sampler": sampler, "steps": steps, "model_calls": calls,
                    "fid": fid(clf.features(x), held_feats), "accuracy": accuracy(clf, x, labels), "seconds": seconds}
             rows.append(row)
             print(f"{sampler:8} {steps:5d} {row['model_calls']:5d} {row['fid']:7.2f} {row['accuracy']:8.3f} {seconds:8.1f}", flush=True)
+    commands = [" ".join(["python"] + sys.argv)]
+    if args.update and args.json.exists():
+        old = json.loads(args.json.read_text())
+        same = (old["samples"], old["guidance"], old["dtype"]) == (args.samples, args.guidance, args.dtype)
+        assert same, "--update needs the same --samples, --guidance and --dtype as the earlier run"
+        rows = [r for r in old["rows"] if r["sampler"] not in args.samplers] + rows
+        rows.sort(key=lambda r: (list(SAMPLERS).index(r["sampler"]), r["steps"]))
+        commands = old["commands"] + commands
     summary = {"samples": args.samples, "guidance": args.guidance, "dtype": args.dtype, "fid_floor": floor,
-               "command": " ".join(["python"] + sys.argv), "rows": rows}
+               "commands": commands, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1))
     ref = next((r for r in rows if r["sampler"] == "ddpm" and r["steps"] == 1000), None)

@@ -41,3 +41,15 @@ def test_bundled_diffusion_model_draws_the_digit_asked_for():
         images = last.xt
         hits += (clf(images).argmax(-1) == d).sum().item()
     assert hits / 50 >= 0.95
+
+
+def test_every_sampler_draws_digits_with_few_steps():
+    """Catches samplers that blow up on the cosine schedule's huge sigma_max (Heun's first step did)."""
+    gen, clf = ImageGenerator(), DigitClassifier.bundled()
+    labels = torch.arange(10).repeat(2)
+    for sampler in ("ddpm", "ddim", "dpmpp", "euler", "heun"):
+        for steps in (5, 10):
+            images = torch.cat([list(gen.stream(ImageRequest(str(d), n=2, steps=steps, seed=d, sampler=sampler)))[-1].xt
+                                for d in range(10)])  # (20, 1, 16, 16): two of each digit, digit-major
+            assert images.abs().max() <= 1.5, (sampler, steps)
+            assert accuracy(clf, images, labels.sort().values) >= 0.9, (sampler, steps)

@@ -25,7 +25,7 @@ import torch
 from ..errors import check
 from .canvas import open_image, read_image, read_mask, to_pil
 from .data import DIGIT_WORDS
-from .samplers import SAMPLERS, SampleStep, make_plan, model_calls
+from .samplers import SAMPLERS, SampleStep, make_plan
 
 BUNDLED = "digits"  # src/genlab/weights/digits-diffusion, trained by genlab (see docs/models.md)
 
@@ -149,7 +149,7 @@ class ImageGenerator:
             if step.index in _frame_indices(step.total, request.trajectory_frames):
                 frames.append(step.xt[:1])
         return ImageResult(to_pil(step.xt), request.seed, time.perf_counter() - start,
-                           model_calls(request.sampler, step.total) if step.index else 0,
+                           step.calls,
                            to_pil(torch.cat(frames)) if frames else [])
 
     @torch.inference_mode()
@@ -174,9 +174,16 @@ class ImageGenerator:
             x = plan.noised(init, noise, float(plan.sigmas[0]))  # SDEdit: noise the init image to the starting level
             if request.mask:
                 keep = _keep_known(plan, init, self._mask(request).to(self.device), noise)
-        total = len(plan.timesteps)
+        total, calls = len(plan.timesteps), [0]
         yield SampleStep(0, total, float(plan.timesteps[0]), float(plan.sigmas[0]), x, x)
-        yield from SAMPLERS[request.sampler](denoise, x, plan, generator=g, keep=keep, eta=request.eta)
+
+        def counted(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            return denoise(xt, t)
+
+        for step in SAMPLERS[request.sampler](counted, x, plan, generator=g, keep=keep, eta=request.eta):
+            step.calls = calls[0]
+            yield step
 
     @property
     def default_sampler(self) -> str | None:

@@ -44,6 +44,7 @@ class SampleStep:
     sigma: float  # noise level of xt after this step (0 on the last one)
     xt: torch.Tensor  # (B, C, H, W) current sample, variance-preserving scale
     x0: torch.Tensor  # (B, C, H, W) the model's current guess of the clean image
+    calls: int = 0  # model calls so far (filled in by callers that count them)
 
 
 @dataclass
@@ -202,7 +203,11 @@ def _karras(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heu
         t, s, s_next = float(plan.timesteps[i]), float(plan.sigmas[i]), float(plan.sigmas[i + 1])
         x0, eps = x0_and_eps(_call(model, vp(y, s), t), vp(y, s), plan.alpha_bar(i), plan.prediction)
         y_next = y + eps * (s_next - s)  # Euler step
-        if heun and s_next > 0:  # Heun's correction: average the slopes at both ends
+        # Heun's correction: average the slopes at both ends. The trapezoid rule needs eps to change
+        # little across the step; from a cosine schedule's sigma_max (~2e4) to the next level (~3) it
+        # does not, and the average would be off by (eps - eps_next) * 1e4. Such a step (sigma shrinking
+        # more than 10x) stays an Euler step, which from pure noise lands on the model's x0 as DDIM does.
+        if heun and s_next > 0 and s <= 10 * s_next:
             t_next = float(plan.timesteps[i + 1])
             _, eps_next = x0_and_eps(_call(model, vp(y_next, s_next), t_next), vp(y_next, s_next), plan.alpha_bar(i + 1), plan.prediction)
             y_next = y + (eps + eps_next) / 2 * (s_next - s)
@@ -237,5 +242,5 @@ SAMPLERS: dict[str, Callable[..., Iterator[SampleStep]]] = {
 
 
 def model_calls(sampler: str, steps: int) -> int:
-    """How many times the sampler calls the model for `steps` steps."""
+    """How many times the sampler calls the model for `steps` steps (heun: at most; see _karras)."""
     return 2 * steps - 1 if sampler == "heun" else steps
