@@ -2,10 +2,10 @@
 
     python benchmarks/image_speed.py [--steps 50] [--batch 1 16] [--repeats 5]
 
-Both sides run the bundled digits UNet with DDIM (eta 0) from the same noise:
+Both sides run the bundled digits UNet's weights with DDIM (eta 0) from the same noise:
   - genlab: ImageGenerator.generate(..., sampler="ddim", guidance=1);
-  - diffusers: DDIMPipeline with the same UNet and a DDIMScheduler configured like the
-    model (cosine schedule, v-prediction, no clipping).
+  - diffusers: DDIMPipeline with a UNet2DModel holding the same weights and a DDIMScheduler
+    configured like the model (cosine schedule, v-prediction, trailing timesteps, no clipping).
 DDIMPipeline is unconditional, so a forward pre-hook hands the UNet the class label that
 genlab passes itself; guidance is 1 on both sides (one model call per step). It reports
 seconds per image, steps per second, the ratio, and the largest pixel difference between
@@ -47,12 +47,15 @@ def main():
 
     gen = ImageGenerator()
     c = gen.config
-    unet = gen.model.unet
+    # diffusers gets a plain UNet2DModel holding the same weights (genlab's subclass only caches `dtype`)
+    unet = diffusers.UNet2DModel.from_config(gen.model.unet.config)
+    unet.load_state_dict(gen.model.unet.state_dict())
+    unet.eval()
     digit = 7
     hook = unet.register_forward_pre_hook(
         lambda module, a, kw: (a, kw | {"class_labels": torch.full((a[0].shape[0],), digit)}), with_kwargs=True)
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=c.train_steps, beta_schedule="squaredcos_cap_v2",
-                                        prediction_type="v_prediction", clip_sample=False)
+                                        prediction_type="v_prediction", clip_sample=False, timestep_spacing="trailing")
     pipe = diffusers.DDIMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     print(f"bundled digits UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters, {c.resolution}x{c.resolution}), "

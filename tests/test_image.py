@@ -159,3 +159,14 @@ def test_bad_mask_and_prompt_are_one_line(tiny_diffusion, tmp_path, capsys, monk
     assert_one_line_error(*run(base + ["--mask", str(small)], capsys)[::2], "--mask is 4x4 but --init-image is 8x8; they must match")
     assert_one_line_error(*run(base + ["--mask", str(tmp_path / "junk.png")], capsys)[::2], "cannot read --mask")
     assert_one_line_error(*run(["image", "a cat", "--model", str(tiny_diffusion)], capsys)[::2], "this model draws one of: 0, 1, 2")
+
+
+def test_unet_dtype_shortcut_follows_casts(tiny_diffusion):
+    from genlab.image.denoiser import load_model
+
+    model = load_model(tiny_diffusion)
+    assert model.unet.dtype == torch.float32
+    model.to(torch.bfloat16)
+    assert model.unet.dtype == torch.bfloat16 == next(model.parameters()).dtype
+    x = torch.randn(1, 1, 8, 8, dtype=torch.bfloat16)
+    assert model(x, torch.tensor([10.0]), torch.tensor([1])).dtype == torch.bfloat16
