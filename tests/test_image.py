@@ -106,7 +106,7 @@ def test_trajectory_goes_from_noise_to_the_image(tiny_diffusion):
 
 
 def test_cli_and_api_give_the_same_png(tiny_diffusion, tmp_path, capsys):
-    code, _, err = run(["image", "2", "--model", str(tiny_diffusion), "--steps", "6", "--seed", "11", "--scale", "1",
+    code, _, err = run(["image", "2", "--model", str(tiny_diffusion), "--steps", "6", "--seed", "11",
                         "--out", str(tmp_path / "a.png"), "--trajectory", str(tmp_path / "t.png"), "--frames", "3"], capsys)
     assert code == 0, err
     [api] = ImageGenerator(str(tiny_diffusion)).generate("2", steps=6, seed=11)
@@ -126,6 +126,7 @@ def test_cli_and_api_give_the_same_png(tiny_diffusion, tmp_path, capsys):
     (["--out", "x.jpg"], "--out must end in .png"),
     (["--steps", "abc"], "Invalid value for '--steps'"),
     (["--trajectory", "strip.gif"], "--trajectory must end in .png"),
+    (["--scale", "0"], "--scale must be between 1 and 64, got 0"),
     (["--seed", str(2**64)], "--seed must be between 0 and 2^63 - 1"),
     (["--dtype", "int8"], "--dtype must be auto, float32, float16 or bfloat16, got 'int8'"),
     (["--device", "tpu"], "device"),

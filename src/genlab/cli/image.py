@@ -30,7 +30,8 @@ def image(
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t from noise to image at evenly spaced steps.")] = None,
     frames: Annotated[int, typer.Option(help="Frames in the --trajectory strip.")] = 8,
     eta: Annotated[float, typer.Option(help="DDIM only: 0 = deterministic, 1 = as noisy as DDPM.")] = 0.0,
-    scale: Annotated[int, typer.Option(help="Enlarge the saved PNG by this factor (nearest neighbour); 0 = auto (to >= 128 px).")] = 0,
+    scale: Annotated[int, typer.Option(help="Enlarge the saved PNG by this factor (nearest neighbour), e.g. 8 to see 16x16 "
+                                            "digits; 1 keeps the model's size, so the PNG equals the Python API's.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16 (float16 for diffusers pipelines on cuda).")] = "auto",
 ):
@@ -45,7 +46,7 @@ def image(
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
     check(trajectory is None or trajectory.suffix.lower() == ".png", f"--trajectory must end in .png, got {str(trajectory)!r}")
     check(frames >= 2, f"--frames must be at least 2, got {frames}")
-    check(scale >= 0, f"--scale must be 0 or more, got {scale}")
+    check(1 <= scale <= 64, f"--scale must be between 1 and 64, got {scale}")
     request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
@@ -53,10 +54,9 @@ def image(
     with step_progress(sampler or gen.default_sampler or "sampling", steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
     picture = result.images[0] if n == 1 else grid(result.images)
-    factor = scale or max(1, 128 // max(result.images[0].size))
-    save_png(upscale(picture, factor), out)
+    save_png(upscale(picture, scale), out)
     if trajectory:
-        save_png(upscale(grid(result.trajectory, columns=len(result.trajectory)), factor), trajectory, "--trajectory")
+        save_png(upscale(grid(result.trajectory, columns=len(result.trajectory)), scale), trajectory, "--trajectory")
     console.print(f"saved {out}" + (f" and {trajectory}" if trajectory else "") + f" · {result.model_calls} model calls "
                   f"in {result.seconds:.2f} s ({result.steps_per_s:.1f} steps/s, {result.s_per_image:.2f} s/image) · "
                   f"load {gen.load_s:.2f} s · seed {result.seed}")
