@@ -120,7 +120,7 @@ def test_cli_and_api_give_the_same_png(tiny_diffusion, tmp_path, capsys):
     (["--guidance", "-1"], "--guidance must be 0 or more, got -1.0"),
     (["-n", "0"], "-n must be at least 1, got 0"),
     (["--strength", "1.5", "--init-image", "x.png"], "--strength must be between 0 and 1, got 1.5"),
-    (["--sampler", "plms"], "unknown sampler 'plms'; choose one of: ddpm, ddim, dpmpp, euler, heun"),
+    (["--sampler", "plms"], "unknown sampler 'plms'; choose one of: ddpm, ddim, dpmpp, dpmpp-sde, euler, heun"),
     (["--init-image", "/nonexistent.png"], "cannot read --init-image '/nonexistent.png'"),
     (["--model", "/nonexistent-folder"], "is not a folder"),
     (["--out", "x.jpg"], "--out must end in .png"),

@@ -34,14 +34,17 @@ def reference(name, schedule_name, steps, prediction, noise, seed, eta):
         "ddpm": diffusers.DDPMScheduler,
         "ddim": diffusers.DDIMScheduler,
         "dpmpp": diffusers.DPMSolverMultistepScheduler,
+        "dpmpp-sde": diffusers.DPMSolverMultistepScheduler,
         "euler": diffusers.EulerDiscreteScheduler,
         "heun": diffusers.HeunDiscreteScheduler,
     }[name]
     kwargs = {"beta_schedule": schedule_name, "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "epsilon" if prediction == "eps" else "v_prediction"}
     if name in ("ddpm", "ddim"):
         kwargs["clip_sample"] = False
-    if name != "dpmpp":
+    if not name.startswith("dpmpp"):
         kwargs["timestep_spacing"] = "trailing"
+    if name == "dpmpp-sde":
+        kwargs["algorithm_type"] = "sde-dpmsolver++"
     sched = cls(num_train_timesteps=1000, **kwargs)
     sched.set_timesteps(steps)
     model = ToyDenoiser()
@@ -61,6 +64,8 @@ CASES = [
     ("ddim", "squaredcos_cap_v2", 20, "v", 0.5),
     ("dpmpp", "linear", 10, "eps", 0.0),
     ("dpmpp", "squaredcos_cap_v2", 20, "v", 0.0),
+    ("dpmpp-sde", "linear", 10, "eps", 0.0),
+    ("dpmpp-sde", "squaredcos_cap_v2", 20, "v", 0.0),
     ("euler", "linear", 10, "eps", 0.0),
     ("euler", "linear", 20, "v", 0.0),
     ("heun", "linear", 10, "eps", 0.0),
@@ -119,7 +124,7 @@ def test_ddpm_noise_comes_from_the_generator():
     assert not torch.allclose(run(3), run(4))
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp", "euler", "heun"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_one_step_starts_from_pure_noise(sampler):
     plan = make_plan(sampler, NoiseSchedule.linear(), 1)
     assert plan.timesteps.tolist() == [999.0] and plan.sigmas[-1] == 0
@@ -133,7 +138,7 @@ def test_img2img_plan_keeps_the_last_steps():
 
 
 @pytest.mark.parametrize("sampler,steps,message", [
-    ("plms", 10, "unknown sampler 'plms'; choose one of: ddpm, ddim, dpmpp, euler, heun"),
+    ("plms", 10, "unknown sampler 'plms'; choose one of: ddpm, ddim, dpmpp, dpmpp-sde, euler, heun"),
     ("ddim", 0, "steps must be at least 1, got 0"),
     ("ddim", 1001, "steps must be at most the 1000 steps the model was trained with, got 1001"),
 ])

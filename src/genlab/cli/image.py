@@ -16,7 +16,7 @@ def image(
     prompt: Annotated[str, typer.Argument(help="What to draw. For the bundled digits model, a digit: '7', 'seven' or 'a handwritten 7'.")],
     model: Annotated[str, typer.Option("--model", "-m", help="'digits' (bundled), a folder from genlab train diffusion, "
                                                              "or a diffusers pipeline folder (e.g. Stable Diffusion).")] = "digits",
-    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), euler or heun. "
+    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), dpmpp-sde (its stochastic form), euler or heun. "
                                                         "Default: dpmpp (euler for rectified-flow models; a diffusers pipeline keeps its own).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps (heun calls the model about twice per step).")] = 20,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt harder.")] = 1.5,

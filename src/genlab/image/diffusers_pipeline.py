@@ -20,12 +20,13 @@ from ..errors import GenlabError, check
 from .canvas import open_image
 from .samplers import SampleStep
 
-SCHEDULERS = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmpp": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
+SCHEDULERS = {  # genlab's sampler name -> (diffusers scheduler, settings)
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmpp-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
 }
 
 
@@ -64,8 +65,8 @@ class DiffusersPipeline:
 
         pipe = self._variant(request)
         if request.sampler:  # otherwise keep the pipeline's own scheduler
-            scheduler_cls = getattr(diffusers, SCHEDULERS[request.sampler])
-            pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+            name, settings = SCHEDULERS[request.sampler]
+            pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **settings)
         accepts = inspect.signature(pipe.__call__).parameters
         g = torch.Generator().manual_seed(request.seed)  # CPU generator: same seed, same image on any device
         kwargs = {"num_inference_steps": request.steps, "generator": g, "output_type": "pil"}

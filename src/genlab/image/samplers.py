@@ -13,8 +13,8 @@ progress bar, the saved trajectory and live previews all watch the same loop:
 as sigma = sqrt((1 - alpha_bar) / alpha_bar), so that x_t / sqrt(alpha_bar) = x0 + sigma * eps
 (Karras et al. 2022, "EDM"); sigma = 0 is a clean image.
 
-The five samplers reproduce diffusers' DDPMScheduler, DDIMScheduler,
-DPMSolverMultistepScheduler, EulerDiscreteScheduler and HeunDiscreteScheduler on the same
+The samplers reproduce diffusers' DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler
+(ODE and SDE), EulerDiscreteScheduler and HeunDiscreteScheduler on the same
 model and noise to 1e-4 (with timestep_spacing="trailing" and no sample clipping; diffusers
 starts Euler and Heun from sigma_max * noise where genlab uses sqrt(1 + sigma_max^2) * noise,
 so the test scales the start to match); tests/test_samplers.py checks it. genlab writes them out because each one is a dozen lines of the paper's maths,
@@ -84,7 +84,7 @@ def make_plan(sampler: str, schedule: NoiseSchedule | FlowSchedule, steps: int, 
         t = torch.linspace(1.0, 1.0 / T, steps, dtype=torch.float64)
         return Plan((t * T).float(), torch.cat([t, t.new_zeros(1)]), "flow")
     all_sigmas = ((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double()).sqrt()  # (T,)
-    if sampler == "dpmpp":  # n + 1 integer points from T-1 to 0, dropping the 0
+    if sampler.startswith("dpmpp"):  # n + 1 integer points from T-1 to 0, dropping the 0
         t = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1]
     else:  # "trailing": T-1, T-1-T/n, ... so that even one step starts from pure noise (Lin et al. 2024, sec. 3.3)
         t = torch.arange(T, 0, -T / steps, dtype=torch.float64).round() - 1
@@ -156,12 +156,23 @@ def ddim(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep: Kee
 def dpmpp_2m(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep: Keep | None = None, **_) -> Iterator[SampleStep]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
     diffusion ODE in log-SNR time, reusing the previous step's x0 so each step costs one call."""
+    yield from _dpmpp(model, x, plan, generator, keep, sde=False)
+
+
+def dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep: Keep | None = None, **_) -> Iterator[SampleStep]:
+    """The stochastic variant (diffusers' "sde-dpmsolver++"): the same x0 extrapolation, solving
+    the reverse SDE instead of the ODE, so fresh noise each step corrects earlier errors as DDPM does."""
+    yield from _dpmpp(model, x, plan, generator, keep, sde=True)
+
+
+def _dpmpp(model: Denoiser, x: torch.Tensor, plan: Plan, generator, keep: Keep | None, sde: bool) -> Iterator[SampleStep]:
     n = len(plan.timesteps)
     lam = lambda s: -math.log(s) if s > 0 else math.inf  # noqa: E731  log-SNR: log(alpha / sigma_t) = -log(sigma)
     prev_x0, prev_h = None, None
     for i in range(n):
         t, s, s_next = float(plan.timesteps[i]), float(plan.sigmas[i]), float(plan.sigmas[i + 1])
         x0, _ = x0_and_eps(_call(model, x, t), x, plan.alpha_bar(i), plan.prediction)
+        noise = _noise(x, generator) if sde else None  # drawn every step, as diffusers does
         if s_next == 0:  # the last step lands on the clean image
             x = x0
         else:
@@ -172,8 +183,12 @@ def dpmpp_2m(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep:
             if prev_x0 is not None:  # 2M: extrapolate x0 linearly in lambda (eq. in Alg. 2, r = h_prev / h)
                 r = prev_h / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
-            # the exact solution of the linear part, DPM-Solver++ eq. 9
-            x = (s_next * alpha_n) / (s * alpha_s) * x - alpha_n * math.expm1(-h) * d
+            ratio = (s_next * alpha_n) / (s * alpha_s)
+            if sde:  # the SDE's exact linear part: decay exp(-h) more, and noise with variance 1 - exp(-2h)
+                x = ratio * math.exp(-h) * x - alpha_n * math.expm1(-2 * h) * d \
+                    + s_next * alpha_n * math.sqrt(-math.expm1(-2 * h)) * noise
+            else:  # the exact solution of the ODE's linear part, DPM-Solver++ eq. 9
+                x = ratio * x - alpha_n * math.expm1(-h) * d
             prev_h = h
         prev_x0 = x0
         x = keep(x, s_next) if keep else x
@@ -236,6 +251,7 @@ SAMPLERS: dict[str, Callable[..., Iterator[SampleStep]]] = {
     "ddpm": ddpm,
     "ddim": ddim,
     "dpmpp": dpmpp_2m,
+    "dpmpp-sde": dpmpp_2m_sde,
     "euler": euler,
     "heun": heun,
 }
