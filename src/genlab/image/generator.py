@@ -138,7 +138,6 @@ class ImageGenerator:
 
     def run(self, request: ImageRequest, on_step=None) -> ImageResult:
         """Generate, calling on_step(SampleStep) after each step (for progress bars and previews)."""
-        request.sampler = request.sampler or self.default_sampler
         if self.pipeline is not None:
             return self.pipeline.run(request, on_step)
         start = time.perf_counter()
@@ -155,13 +154,12 @@ class ImageGenerator:
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
         """The sampling loop itself: yields the starting x_T as step 0, then each step's x_t."""
-        c = self.config
-        request.sampler = request.sampler or self.default_sampler
+        c, sampler = self.config, request.sampler or self.default_sampler
         labels = self._labels(request.prompt, request.n)
         negative = self._labels(request.negative_prompt, request.n) if request.negative_prompt else None
         denoise = guided(self.model, labels, negative, request.guidance, self.dtype)
-        plan = make_plan(request.sampler, self.schedule, request.steps, c.prediction)
-        # all randomness comes from one CPU generator: the same seed gives the same PNG on any device
+        plan = make_plan(sampler, self.schedule, request.steps, c.prediction)
+        # all randomness comes from one CPU generator: the same seed starts from the same noise on any device
         g = torch.Generator().manual_seed(request.seed)
         noise = torch.randn((request.n, c.channels, c.resolution, c.resolution), generator=g).to(self.device)
         x, keep = noise, None
@@ -181,7 +179,7 @@ class ImageGenerator:
             calls[0] += 1
             return denoise(xt, t)
 
-        for step in SAMPLERS[request.sampler](counted, x, plan, generator=g, keep=keep, eta=request.eta):
+        for step in SAMPLERS[sampler](counted, x, plan, generator=g, keep=keep, eta=request.eta):
             step.calls = calls[0]
             yield step
 
