@@ -91,7 +91,9 @@ def test_inpainting_keeps_the_black_part_of_the_mask(tiny_diffusion, tmp_path):
 
 
 def read_image_tensor(im):
-    return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(1, 1, im.size[1], im.size[0]).float() / 127.5 - 1
+    from genlab.image.canvas import from_pil
+
+    return from_pil(im)
 
 
 def test_trajectory_goes_from_noise_to_the_image(tiny_diffusion):

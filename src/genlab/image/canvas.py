@@ -24,6 +24,13 @@ def to_pil(x: torch.Tensor) -> list:
     return [Image.frombytes(mode, (p.shape[1], p.shape[0]), p.squeeze(-1).numpy().tobytes()) for p in pixels]
 
 
+def from_pil(im) -> torch.Tensor:
+    """A PIL image ("L" or "RGB") -> (1, C, H, W) in [-1, 1]: the inverse of to_pil."""
+    channels = len(im.getbands())
+    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.size[1], im.size[0], channels)
+    return t.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
+
+
 def open_image(path: str | Path, what: str, mode: str = "RGB"):
     """Open a picture as a PIL image in `mode`; transparent parts become white. One clear error if it can't."""
     from PIL import Image, UnidentifiedImageError
@@ -42,8 +49,7 @@ def read_image(path: str | Path, size: int, channels: int, what: str = "--init-i
     from PIL import Image
 
     im = open_image(path, what, "L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BICUBIC)
-    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, channels)
-    return t.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1
+    return from_pil(im)
 
 
 def read_mask(path: str | Path, size: int) -> torch.Tensor:
@@ -52,8 +58,7 @@ def read_mask(path: str | Path, size: int) -> torch.Tensor:
     from PIL import Image
 
     im = open_image(path, "--mask", "L").resize((size, size), Image.Resampling.NEAREST)
-    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(1, 1, size, size)
-    return (t >= 128).float()
+    return (from_pil(im) > 0).float()  # pixel values >= 128
 
 
 def save_png(im, path: Path, what: str = "--out") -> None:

@@ -56,7 +56,7 @@ def folder(root: Path, resolution: int | None) -> ImageData:
     """Every image under `root`; a file in root/NAME/ gets the label NAME."""
     from PIL import Image
 
-    from .canvas import open_image
+    from .canvas import from_pil, open_image
 
     check(root.is_dir(), f"--data must be 'digits' or a folder of images; {str(root)!r} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -74,13 +74,9 @@ def folder(root: Path, resolution: int | None) -> ImageData:
     check(len(sizes) == 1, f"the images in {root} have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); "
           "pass --resolution N to resize them all to N x N")
     grey = all(_is_grey(im) for im in pictures)
-    tensors = []
-    for im in pictures:
-        im = im.convert("L") if grey else im
-        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.size[1], im.size[0], -1)
-        tensors.append(t.permute(2, 0, 1).float() / 127.5 - 1)  # (C, H, W) in [-1, 1]
+    x = torch.cat([from_pil(im.convert("L") if grey else im) for im in pictures])  # (N, C, H, W) in [-1, 1]
     labels = [subfolders.index(p.parent.relative_to(root).parts[0]) if subfolders else 0 for p in files]
-    return ImageData(torch.stack(tensors), torch.tensor(labels), subfolders)
+    return ImageData(x, torch.tensor(labels), subfolders)
 
 
 def _is_grey(im) -> bool:

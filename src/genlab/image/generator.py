@@ -119,9 +119,7 @@ class ImageGenerator:
             from .denoiser import load_model
 
             self.pipeline = None
-            self.model = load_model(folder, self.device, self.dtype)
-            self.config = self.model.config
-            self.schedule = self.config.noise_schedule()
+            self._use(load_model(folder, self.device, self.dtype))
         self.load_s = time.perf_counter() - start
 
     @classmethod
@@ -129,8 +127,11 @@ class ImageGenerator:
         """Wrap a Denoiser already in memory (e.g. the EMA weights during training)."""
         gen = cls.__new__(cls)
         gen.device, gen.dtype, gen.folder, gen.load_s, gen.pipeline = next(model.parameters()).device, torch.float32, None, 0.0, None
-        gen.model, gen.config, gen.schedule = model.eval(), model.config, model.config.noise_schedule()
+        gen._use(model.eval())
         return gen
+
+    def _use(self, model) -> None:
+        self.model, self.config, self.schedule = model, model.config, model.config.noise_schedule()
 
     def generate(self, prompt: str, **options) -> list:
         """PIL images for `prompt`; options are ImageRequest's fields (steps, seed, sampler, ...)."""

@@ -216,7 +216,8 @@ def _karras(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heu
     y = x * math.sqrt(1 + float(plan.sigmas[0]) ** 2)  # the model's scale -> sigma space
     for i in range(n):
         t, s, s_next = float(plan.timesteps[i]), float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        x0, eps = x0_and_eps(_call(model, vp(y, s), t), vp(y, s), plan.alpha_bar(i), plan.prediction)
+        xt = vp(y, s)
+        x0, eps = x0_and_eps(_call(model, xt, t), xt, plan.alpha_bar(i), plan.prediction)
         y_next = y + eps * (s_next - s)  # Euler step
         # Heun's correction: average the slopes at both ends. The trapezoid rule needs eps to change
         # little across the step; from a cosine schedule's sigma_max (~2e4) to the next level (~3) it
@@ -224,7 +225,8 @@ def _karras(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heu
         # more than 10x) stays an Euler step, which from pure noise lands on the model's x0 as DDIM does.
         if heun and s_next > 0 and s <= 10 * s_next:
             t_next = float(plan.timesteps[i + 1])
-            _, eps_next = x0_and_eps(_call(model, vp(y_next, s_next), t_next), vp(y_next, s_next), plan.alpha_bar(i + 1), plan.prediction)
+            xt_next = vp(y_next, s_next)
+            _, eps_next = x0_and_eps(_call(model, xt_next, t_next), xt_next, plan.alpha_bar(i + 1), plan.prediction)
             y_next = y + (eps + eps_next) / 2 * (s_next - s)
         y = y_next
         if keep:
