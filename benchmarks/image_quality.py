@@ -43,7 +43,7 @@ def sample(gen: ImageGenerator, sampler: str, steps: int, labels: torch.Tensor, 
     plan = make_plan(sampler, gen.schedule, steps, c.prediction)
     for chunk in labels.split(batch):
         x = torch.randn((len(chunk), c.channels, c.resolution, c.resolution), generator=g)
-        denoise = guided(gen.model, chunk, None, guidance, gen.dtype)
+        denoise = guided(gen.model, {"labels": chunk}, gen.model.null_condition(len(chunk)), guidance, gen.dtype)
 
         def counted(xt, t):
             calls[0] += 1

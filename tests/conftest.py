@@ -24,7 +24,8 @@ def genlab_home(tmp_path_factory):
     return Path(home)
 
 
-def build_tiny_model(folder: Path, *, vocab_size: int = 384, tie: bool = True, n_kv_heads: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, *, vocab_size: int = 384, tie: bool = True, n_kv_heads: int = 2, seed: int = 0,
+                     context: int = 256) -> Path:
     """A real Hugging Face model folder: a byte-level BPE trained on Python's own docs and a random Llama."""
     import torch
     from pydoc_data.topics import topics
@@ -43,7 +44,7 @@ def build_tiny_model(folder: Path, *, vocab_size: int = 384, tie: bool = True, n
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}))
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=n_kv_heads, max_position_embeddings=256,
+                      num_attention_heads=4, num_key_value_heads=n_kv_heads, max_position_embeddings=context,
                       tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
@@ -69,3 +70,21 @@ def build_tiny_diffusion(folder: Path, class_names=("0", "1", "2"), resolution: 
 @pytest.fixture(scope="session")
 def tiny_diffusion(tmp_path_factory) -> Path:
     return build_tiny_diffusion(tmp_path_factory.mktemp("tiny") / "tiny-diffusion")
+
+
+def build_tiny_text2image(folder: Path, seed: int = 0) -> Path:
+    """A genlab text-to-image folder (a diffusers SD layout plus genlab.json) with random, tiny weights."""
+    import torch
+
+    from genlab.image.text2image import TextToImage, TextToImageConfig, save_text2image
+
+    torch.manual_seed(seed)
+    model = TextToImage(TextToImageConfig(vae_widths=(16, 16, 16), widths=(32, 32), heads=2))
+    model.vae.register_to_config(scaling_factor=0.5)
+    save_text2image(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_folder(tmp_path_factory) -> Path:
+    return build_tiny_text2image(tmp_path_factory.mktemp("t2i") / "shapes")

@@ -49,12 +49,15 @@ def test_guidance_mixes_conditional_and_unconditional(tiny_diffusion):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([500.0, 500.0])
     labels, null = torch.tensor([1, 2]), torch.tensor([3, 3])  # 3 classes: index 3 is "no class"
     cond, uncond = model(x, t, labels), model(x, t, null)
-    torch.testing.assert_close(guided(model, labels, None, 1.0)(x, t), cond)
-    torch.testing.assert_close(guided(model, labels, None, 0.0)(x, t), uncond)
-    torch.testing.assert_close(guided(model, labels, None, 4.0)(x, t), uncond + 4 * (cond - uncond), atol=1e-5, rtol=1e-5)
+    assert model.null_condition(2)["labels"].tolist() == null.tolist()
+    assert model.condition("a 2", 2)["labels"].tolist() == [2, 2]
+    c, u = {"labels": labels}, {"labels": null}
+    torch.testing.assert_close(guided(model, c, u, 1.0)(x, t), cond)
+    torch.testing.assert_close(guided(model, c, u, 0.0)(x, t), uncond)
+    torch.testing.assert_close(guided(model, c, u, 4.0)(x, t), uncond + 4 * (cond - uncond), atol=1e-5, rtol=1e-5)
     negative = torch.tensor([0, 0])
-    torch.testing.assert_close(guided(model, labels, negative, 2.0)(x, t), model(x, t, negative) + 2 * (cond - model(x, t, negative)),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(guided(model, c, {"labels": negative}, 2.0)(x, t),
+                               model(x, t, negative) + 2 * (cond - model(x, t, negative)), atol=1e-5, rtol=1e-5)
 
 
 def _picture(path, size=8, value=None):

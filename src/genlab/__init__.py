@@ -5,10 +5,13 @@
 
     from genlab import ImageGenerator
     ImageGenerator().generate("a handwritten 7", steps=20, seed=0)[0].save("seven.png")
+
+    from genlab import imagine
+    result = imagine("something that looks like a traffic light")   # result.prompt, result.image
 """
 
 __version__ = "0.1.0"
-__all__ = ["TextGenerator", "SamplingParams", "ImageGenerator", "GenlabError"]
+__all__ = ["TextGenerator", "SamplingParams", "ImageGenerator", "imagine", "GenlabError"]
 
 from genlab.errors import GenlabError
 
@@ -26,4 +29,8 @@ def __getattr__(name):  # import torch and the models only when they are used
         from genlab.image.generator import ImageGenerator
 
         return ImageGenerator
+    if name == "imagine":
+        from genlab.llm_to_image import imagine
+
+        return imagine
     raise AttributeError(f"module 'genlab' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The `genlab` command. Each subcommand is a thin layer over the Python API.
 
-text.py holds text, chat and models; image.py holds image; train.py holds `train ...`;
-demo.py the demo. This file holds the app and the one place errors become exit code 2.
+text.py holds text, chat and models; image.py holds image; imagine.py holds imagine;
+train.py holds `train ...`; demo.py the demo. This file holds the app and the one place errors become exit code 2.
 
 Text goes to stdout, everything for people (progress, timings, errors) to stderr.
 Bad input is answered by one line, `genlab: error: ...`, and exit code 2.
@@ -29,6 +29,9 @@ app.add_typer(train_app, name="train")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the typer app, turning every input error into one line and exit code 2."""
+    import warnings
+
+    warnings.showwarning = lambda message, *_: console.print(f"genlab: warning: {message}", markup=False, soft_wrap=True)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="genlab", standalone_mode=False)
@@ -73,4 +76,4 @@ def _fail(message: str) -> None:
 
 
 # register the subcommands (after `app` exists)
-from genlab.cli import demo, image, text, train  # noqa: E402,F401
+from genlab.cli import demo, image, imagine, text, train  # noqa: E402,F401

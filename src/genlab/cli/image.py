@@ -13,13 +13,16 @@ from genlab.progress import console, step_progress
 
 @app.command()
 def image(
-    prompt: Annotated[str, typer.Argument(help="What to draw. For the bundled digits model, a digit: '7', 'seven' or 'a handwritten 7'.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="'digits' (bundled), a folder from genlab train diffusion, "
-                                                             "or a diffusers pipeline folder (e.g. Stable Diffusion).")] = "digits",
+    prompt: Annotated[str, typer.Argument(help="What to draw: 'a red circle above a blue square' (the shapes model), or a "
+                                               "digit, '7', 'seven' or 'a handwritten 7' (the digits model).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="'digits' or 'shapes' (bundled), a folder from genlab "
+                                                 "train diffusion or text2image, or a diffusers pipeline folder (e.g. Stable "
+                                                 "Diffusion). [default: digits for a prompt naming a digit, else shapes]")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), dpmpp-sde (its stochastic form), euler or heun. "
                                                         "Default: dpmpp (euler for rectified-flow models; a diffusers pipeline keeps its own).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps (heun calls the model about twice per step).")] = 20,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt harder.")] = 1.5,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt "
+                                                           "harder. [default: the model's, 1.5 for digits]")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (replaces the unconditional branch).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same PNG. Default: random, printed.")] = None,
     n: Annotated[int, typer.Option("-n", help="How many images; more than one are saved as a grid.")] = 1,
@@ -41,7 +44,7 @@ def image(
     """
     from genlab.errors import check
     from genlab.image.canvas import grid, save_png, upscale
-    from genlab.image.generator import ImageGenerator, ImageRequest
+    from genlab.image.generator import ImageGenerator, ImageRequest, pick_model
 
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
     check(trajectory is None or trajectory.suffix.lower() == ".png", f"--trajectory must end in .png, got {str(trajectory)!r}")
@@ -50,7 +53,7 @@ def image(
     request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
-    gen = ImageGenerator(model, device=device, dtype=dtype)
+    gen = ImageGenerator(model or pick_model(prompt), device=device, dtype=dtype)
     with step_progress(sampler or gen.default_sampler or "sampling", steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
     picture = result.images[0] if n == 1 else grid(result.images)

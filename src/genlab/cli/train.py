@@ -14,7 +14,7 @@ from genlab.progress import console, step_progress
 # What a run is made of. With --resume these come from the checkpoint; giving one that
 # differs is an error, since the run could not then continue bit for bit.
 DEFAULTS = {"data": "digits", "steps": 4000, "batch_size": 128, "lr": 2e-3, "seed": 0, "resolution": None,
-            "prediction": "v", "schedule": "cosine"}
+            "prediction": "v", "schedule": "cosine", "dropout": 0.0}
 
 
 @train_app.command()
@@ -36,6 +36,8 @@ def diffusion(
     schedule: Annotated[Optional[str], typer.Option(help="Forward process: cosine (Nichol & Dhariwal 2021), linear (DDPM) or "
                                                          "flow (rectified flow: the model learns the velocity eps - x0; sample "
                                                          "with euler or heun). [default: cosine]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout in the UNet's residual blocks while training: "
+                                                          "regularises small datasets. [default: 0]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
 ):
     """Train a class-conditional diffusion model (UNet, v-prediction, cosine schedule, EMA).
@@ -43,13 +45,11 @@ def diffusion(
     Example: genlab train diffusion --data digits --steps 4000 --out runs/digits
     Then:    genlab image "a handwritten 7" --model runs/digits
     """
-    from genlab.errors import check
     from genlab.train.diffusion import DiffusionRun
 
-    check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
-    check(sample_every >= 0, f"--sample-every must be 0 or more, got {sample_every}")
+    _check_every(checkpoint_every, sample_every)
     given = {k: v for k, v in dict(data=data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
-                                   prediction=prediction, schedule=schedule).items() if v is not None}
+                                   prediction=prediction, schedule=schedule, dropout=dropout).items() if v is not None}
     if resume:
         run = DiffusionRun.resume(out, given)
         console.print(f"resuming {out} at step {run.trainer.step} of {run.trainer.config.steps}")
@@ -58,8 +58,14 @@ def diffusion(
     c, n = run.model.config, sum(p.numel() for p in run.model.parameters())
     console.print(f"{len(run.data.x)} images of {c.channels}x{c.resolution}x{c.resolution}, "
                   f"{c.num_classes or 'no'} classes · UNet {n / 1e6:.2f}M parameters · {c.prediction}-prediction, {c.schedule} schedule")
-    total = run.trainer.config.steps
-    smooth = None
+    fit(run, out, checkpoint_every, sample_every)
+    example = (c.class_names or ["anything"])[-1]
+    console.print(f"model saved in {out / 'model'}; try: genlab image {example!r} --model {out}")
+
+
+def fit(run, out: Path, checkpoint_every: int, sample_every: int) -> None:
+    """Drive a run's step generator: the progress bar, checkpoints and sample grids (every trainer's loop)."""
+    total, smooth = run.trainer.config.steps, None
     with step_progress("training", total, start=run.trainer.step) as update:
         for s in run.steps():
             smooth = s.loss if smooth is None else 0.98 * smooth + 0.02 * s.loss
@@ -68,5 +74,77 @@ def diffusion(
                 run.save()
             if sample_every and (s.step % sample_every == 0 or s.step == total):
                 run.sample_grid(out / "samples" / f"step-{s.step:07d}.png")
-    example = (c.class_names or ["anything"])[-1]
-    console.print(f"model saved in {out / 'model'}; try: genlab image {example!r} --model {out}")
+
+
+def _check_every(checkpoint_every: int, sample_every: int) -> None:
+    from genlab.errors import check
+
+    check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    check(sample_every >= 0, f"--sample-every must be 0 or more, got {sample_every}")
+
+
+VAE_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
+TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "steps": 7000, "batch_size": 64, "lr": 1e-3, "seed": 0}
+
+
+@train_app.command()
+def vae(
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ (pictures over their reconstructions) and model/.")] = Path("runs/shapes-vae"),
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 2000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 32]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and the pictures drawn. [default: 0]")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Save reconstructions every N steps; 0 = never.")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
+):
+    """Train the autoencoder of latent text-to-image: 32x32 shapes pictures <-> 8x8x4 latents.
+
+    Step 1 of 2. Then: genlab train text2image --vae runs/shapes-vae
+    """
+    from genlab.train.text2image import VaeRun
+
+    _check_every(checkpoint_every, sample_every)
+    given = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    run = VaeRun.resume(out, given) if resume else VaeRun.create(out, VAE_DEFAULTS | given)
+    n = sum(p.numel() for p in run.vae.parameters())
+    console.print(("resuming" if resume else "training") + f" the shapes VAE ({n / 1e6:.2f}M parameters) at step "
+                  f"{run.trainer.step} of {run.trainer.config.steps}")
+    fit(run, out, checkpoint_every, sample_every)
+    console.print(f"VAE saved in {out / 'model'}; next: genlab train text2image --vae {out}")
+
+
+@train_app.command()
+def text2image(
+    vae: Annotated[Optional[str], typer.Option(help="The trained VAE: a `genlab train vae` --out folder. [default: runs/shapes-vae]")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (use it with genlab image --model).")] = Path("runs/shapes"),
+    images: Annotated[Optional[int], typer.Option(help="Captioned pictures in the training pool, encoded once at the start. "
+                                                       "[default: 20000]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 7000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 64]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights, the pool and every draw. [default: 0]")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Save a grid of samples every N steps; 0 = never.")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
+):
+    """Train the text-conditioned latent UNet (frozen MiniLM text encoder, cross-attention, v-prediction).
+
+    Step 2 of 2, after genlab train vae. Then: genlab image "a red circle above a blue square" --model runs/shapes
+    """
+    from genlab.errors import check
+    from genlab.train.text2image import Text2ImageRun
+
+    _check_every(checkpoint_every, sample_every)
+    check(images is None or images >= 1, f"--images must be at least 1, got {images}")
+    given = {k: v for k, v in dict(vae=vae, images=images, steps=steps, batch_size=batch_size, lr=lr, seed=seed).items()
+             if v is not None}
+    run = Text2ImageRun.resume(out, given) if resume else Text2ImageRun.create(out, TEXT2IMAGE_DEFAULTS | given)
+    n = sum(p.numel() for p in run.model.unet.parameters())
+    console.print(("resuming" if resume else "training") + f" the text-to-image UNet ({n / 1e6:.2f}M parameters) at step "
+                  f"{run.trainer.step} of {run.trainer.config.steps}; encoding {run.images} captioned pictures first")
+    with step_progress("encoding the pool", run.images) as update:
+        run.prepare(lambda done: update(done, ""))
+    fit(run, out, checkpoint_every, sample_every)
+    console.print(f"model saved in {out / 'model'}; try: genlab image 'a red circle above a blue square' --model {out}")
+

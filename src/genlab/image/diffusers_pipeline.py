@@ -71,7 +71,7 @@ class DiffusersPipeline:
         g = torch.Generator().manual_seed(request.seed)  # CPU generator: same seed, same image on any device
         kwargs = {"num_inference_steps": request.steps, "generator": g, "output_type": "pil"}
         optional = {
-            "prompt": request.prompt, "negative_prompt": request.negative_prompt, "guidance_scale": request.guidance,
+            "prompt": request.prompt, "negative_prompt": request.negative_prompt, "guidance_scale": 7.5 if request.guidance is None else request.guidance,
             "num_images_per_prompt": request.n, "batch_size": request.n, "eta": request.eta, "strength": request.strength,
         }
         kwargs |= {k: v for k, v in optional.items() if k in accepts and v is not None}

@@ -24,14 +24,31 @@ import torch
 
 from ..errors import check
 from .canvas import open_image, read_image, read_mask, to_pil
-from .data import DIGIT_WORDS
+from .denoiser import parse_prompt  # noqa: F401  (part of this module's API)
 from .samplers import SAMPLERS, SampleStep, make_plan
 
-BUNDLED = "digits"  # src/genlab/weights/digits-diffusion, trained by genlab (see docs/models.md)
+# Models trained by genlab and shipped in src/genlab/weights/ (see docs/models.md), by name.
+BUNDLED = {"digits": "digits-diffusion", "shapes": "shapes-text2image"}
+DEFAULT_MODEL = "digits"
 
 
-def bundled_folder() -> Path:
-    return Path(str(resources.files("genlab") / "weights" / "digits-diffusion"))
+def pick_model(prompt: str) -> str:
+    """The bundled model `genlab image` uses without --model: digits for a prompt that names a
+    digit ("7", "seven", "a handwritten 7") and no shape, the shapes text-to-image model otherwise."""
+    from .data import DIGIT_WORDS
+    from .shapes import SHAPES
+
+    words = set(re.findall(r"[a-z0-9]+", prompt.lower()))
+    names_shape = any(s in words or s + "s" in words for s in SHAPES)
+    names_digit = bool(words & (set(DIGIT_WORDS) | set("0123456789")))
+    shapes_bundled = Path(str(resources.files("genlab") / "weights" / BUNDLED["shapes"])).is_dir()
+    return "digits" if (names_digit and not names_shape) or not shapes_bundled else "shapes"
+
+
+def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
+    folder = Path(str(resources.files("genlab") / "weights" / BUNDLED[name]))
+    check(folder.is_dir(), f"the {name!r} model is not in this copy of genlab ({folder} is missing)")
+    return folder
 
 
 @dataclass
@@ -40,7 +57,7 @@ class ImageRequest:
     n: int = 1
     sampler: str | None = None  # None: the model's default (dpmpp; euler for rectified flow)
     steps: int = 20
-    guidance: float = 1.5  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt
+    guidance: float | None = None  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt; None: the model's
     negative_prompt: str | None = None
     seed: int | None = None
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
@@ -50,8 +67,10 @@ class ImageRequest:
     trajectory_frames: int = 0  # keep this many evenly spaced x_t for a denoising strip
 
     def __post_init__(self):
+        check(isinstance(self.prompt, str) and self.prompt.strip() != "",
+              "the prompt is empty; describe the picture, e.g. 'a red circle above a blue square' or 'a handwritten 7'")
         check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        check(self.guidance >= 0, f"--guidance must be 0 or more, got {self.guidance}")
+        check(self.guidance is None or self.guidance >= 0, f"--guidance must be 0 or more, got {self.guidance}")
         check(self.n >= 1, f"-n must be at least 1, got {self.n}")
         check(0 <= self.strength <= 1, f"--strength must be between 0 and 1, got {self.strength}")
         check(self.eta >= 0, f"--eta must be 0 or more, got {self.eta}")
@@ -79,39 +98,31 @@ class ImageResult:
         return self.seconds / len(self.images)
 
 
-def parse_prompt(prompt: str, class_names: list[str]) -> int:
-    """Which class a prompt names: "7", "seven" and "a handwritten 7" all give 7 for digits."""
-    text = " " + " ".join(re.findall(r"[a-z0-9]+", prompt.lower())) + " "
-    names = [" " + " ".join(re.findall(r"[a-z0-9]+", c.lower())) + " " for c in class_names]  # "golden_retriever" -> " golden retriever "
-    found = {i for i, name in enumerate(names) if name.strip() and name in text}  # whole words only: "catapult" is not "cat"
-    if class_names == [str(i) for i in range(10)]:
-        found |= {i for i, w in enumerate(DIGIT_WORDS) if f" {w} " in text}
-    accepted = ", ".join(class_names) + (" (or their names: zero ... nine)" if class_names == [str(i) for i in range(10)] else "")
-    check(len(found) == 1, f"this model draws one of: {accepted}; "
-          + (f"the prompt {prompt!r} names none of them" if not found else f"the prompt {prompt!r} names several"))
-    return found.pop()
-
-
 class ImageGenerator:
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto"):
         from ..text.engine import resolve_device
 
         self.device = resolve_device(device)
         start = time.perf_counter()
-        spec = model or BUNDLED
-        if spec == BUNDLED:
-            folder = bundled_folder()
+        spec = model or DEFAULT_MODEL
+        if spec in BUNDLED:
+            folder = bundled_folder(spec)
         else:
             folder = Path(spec).expanduser()
-            check(folder.is_dir(), f"--model must be '{BUNDLED}', a genlab model folder or a diffusers pipeline folder; "
-                  f"{spec!r} is not a folder")
+            check(folder.is_dir(), f"--model must be {' or '.join(map(repr, BUNDLED))}, a genlab model folder or a diffusers "
+                  f"pipeline folder; {spec!r} is not a folder")
             if (folder / "model").is_dir() and not (folder / "genlab.json").exists():
                 folder = folder / "model"  # the --out folder of `genlab train diffusion`
         self.folder = folder
         check(dtype in ("auto", "float32", "float16", "bfloat16"), f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
         # auto: float16 on a GPU, float32 on a CPU (where float16 convolutions are slow)
         self.dtype = getattr(torch, dtype) if dtype != "auto" else torch.float16 if self.device.type == "cuda" else torch.float32
-        if (folder / "model_index.json").is_file():
+        from .text2image import is_text2image, load_text2image
+
+        if is_text2image(folder):  # genlab's latent text-to-image model (a diffusers folder too, minus the text encoder)
+            self.pipeline = None
+            self._use(load_text2image(folder, self.device, self.dtype))
+        elif (folder / "model_index.json").is_file():
             from .diffusers_pipeline import DiffusersPipeline
 
             self.pipeline, self.model = DiffusersPipeline(folder, self.device, self.dtype), None
@@ -124,7 +135,7 @@ class ImageGenerator:
 
     @classmethod
     def from_model(cls, model) -> "ImageGenerator":
-        """Wrap a Denoiser already in memory (e.g. the EMA weights during training)."""
+        """Wrap a Denoiser or TextToImage already in memory (e.g. the EMA weights during training)."""
         gen = cls.__new__(cls)
         gen.device, gen.dtype, gen.folder, gen.load_s, gen.pipeline = next(model.parameters()).device, torch.float32, None, 0.0, None
         gen._use(model.eval())
@@ -148,31 +159,31 @@ class ImageGenerator:
                 on_step(step)
             if step.index in _frame_indices(step.total, request.trajectory_frames):
                 frames.append(step.xt[:1])
-        return ImageResult(to_pil(step.xt), request.seed, time.perf_counter() - start,
-                           step.calls,
-                           to_pil(torch.cat(frames)) if frames else [])
+        decode = lambda x: to_pil(self.model.decode(x))  # noqa: E731  the model's space -> pixels
+        return ImageResult(decode(step.xt), request.seed, time.perf_counter() - start, step.calls,
+                           decode(torch.cat(frames)) if frames else [])
 
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
         """The sampling loop itself: yields the starting x_T as step 0, then each step's x_t."""
-        c, sampler = self.config, request.sampler or self.default_sampler
-        labels = self._labels(request.prompt, request.n)
-        negative = self._labels(request.negative_prompt, request.n) if request.negative_prompt else None
-        denoise = guided(self.model, labels, negative, request.guidance, self.dtype)
-        plan = make_plan(sampler, self.schedule, request.steps, c.prediction)
+        m, n, sampler = self.model, request.n, request.sampler or self.default_sampler
+        cond = m.condition(request.prompt, n)
+        uncond = m.condition(request.negative_prompt, n) if request.negative_prompt else m.null_condition(n)
+        denoise = guided(m, cond, uncond, self.guidance(request), self.dtype)
+        plan = make_plan(sampler, self.schedule, request.steps, self.config.prediction)
         # all randomness comes from one CPU generator: the same seed starts from the same noise on any device
         g = torch.Generator().manual_seed(request.seed)
-        noise = torch.randn((request.n, c.channels, c.resolution, c.resolution), generator=g).to(self.device)
+        noise = torch.randn((n, *m.sample_shape), generator=g).to(self.device)
         x, keep = noise, None
         if request.init_image:
-            init = self._init(request).to(self.device)
+            init = m.encode(self._init(request).to(self.device)).float()  # pixels -> the model's space
             plan = plan.skip(request.strength)
             if len(plan.timesteps) == 0:  # strength 0: nothing to do
                 yield SampleStep(0, 0, 0.0, 0.0, init.expand_as(noise), init.expand_as(noise))
                 return
             x = plan.noised(init, noise, float(plan.sigmas[0]))  # SDEdit: noise the init image to the starting level
             if request.mask:
-                keep = _keep_known(plan, init, self._mask(request).to(self.device), noise)
+                keep = _keep_known(plan, init, m.mask_to_sample(self._mask(request).to(self.device)), noise)
         total, calls = len(plan.timesteps), [0]
         yield SampleStep(0, total, float(plan.timesteps[0]), float(plan.sigmas[0]), x, x)
 
@@ -184,6 +195,10 @@ class ImageGenerator:
             step.calls = calls[0]
             yield step
 
+    def guidance(self, request: ImageRequest) -> float:
+        """The request's guidance scale, or the model's own default (genlab.json's "guidance")."""
+        return request.guidance if request.guidance is not None else self.config.guidance
+
     @property
     def default_sampler(self) -> str | None:
         """dpmpp; euler for rectified flow; None for a diffusers pipeline (keep its own scheduler)."""
@@ -191,35 +206,31 @@ class ImageGenerator:
             return None
         return "euler" if self.config.schedule == "flow" else "dpmpp"
 
-    def _labels(self, prompt: str, n: int) -> torch.Tensor | None:
-        if self.config.num_classes == 0:
-            return None
-        return torch.full((n,), parse_prompt(prompt, self.config.class_names), dtype=torch.long, device=self.device)
-
     def _init(self, request: ImageRequest) -> torch.Tensor:  # (1, C, H, W)
-        return read_image(request.init_image, self.config.resolution, self.config.channels)
+        channels, size, _ = self.model.pixel_shape
+        return read_image(request.init_image, size, channels)
 
     def _mask(self, request: ImageRequest) -> torch.Tensor:
         want, got = open_image(request.init_image, "--init-image").size, open_image(request.mask, "--mask").size
         check(want == got, f"--mask is {got[0]}x{got[1]} but --init-image is {want[0]}x{want[1]}; they must match")
-        return read_mask(request.mask, self.config.resolution)
+        return read_mask(request.mask, self.model.pixel_shape[1])
 
 
-def guided(model, labels, negative, guidance: float, dtype=torch.float32):
+def guided(model, cond: dict, uncond: dict, guidance: float, dtype=torch.float32):
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out = uncond + w (cond - uncond).
-    The conditional and unconditional halves run as one batch of 2B."""
-    null = None if labels is None else torch.full_like(labels, model.config.num_classes)
-    uncond = negative if negative is not None else null
+    `cond` and `uncond` are the model's keyword inputs for the prompt and for the negative or
+    empty prompt (class labels, or text-encoder states); the two halves run as one batch of 2B."""
 
     def denoise(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xt_in = xt.to(dtype)
-        if labels is None or guidance == 1:
-            return model(xt_in, t, labels).float()
+        if not cond or guidance == 1:  # an unconditional model, or guidance off
+            return model(xt_in, t, **cond).float()
         if guidance == 0:
-            return model(xt_in, t, uncond).float()
-        out = model(torch.cat([xt_in, xt_in]), torch.cat([t, t]), torch.cat([labels, uncond])).float()
-        cond, unc = out.chunk(2)  # (B, C, H, W) each
-        return unc + guidance * (cond - unc)
+            return model(xt_in, t, **uncond).float()
+        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+        out = model(torch.cat([xt_in, xt_in]), torch.cat([t, t]), **both).float()
+        c, u = out.chunk(2)  # (B, C, H, W) each
+        return u + guidance * (c - u)
 
     return denoise
 

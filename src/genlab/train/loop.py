@@ -92,7 +92,11 @@ class Trainer:
         self.extra = extra or {}  # saved with each checkpoint: what the caller needs to rebuild the run
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.ema = EMA(model, config.ema_decay)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # data, timesteps, noise: what loss_fn draws
+        # Dropout draws from torch's global generator. The trainer keeps that stream's state as
+        # its own and swaps it in for each step, so sampling between steps cannot shift it and a
+        # resumed run draws the same masks.
+        self.dropout_rng = torch.Generator().manual_seed(config.seed + 1).get_state()
         self.step = 0
 
     def run(self, loss_fn: Callable[[torch.nn.Module, torch.Generator], torch.Tensor]) -> Iterator[StepStats]:
@@ -102,9 +106,12 @@ class Trainer:
             lr = self.config.lr_at(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = loss_fn(self.model, self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(self.dropout_rng)
+                loss = loss_fn(self.model, self.generator)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.dropout_rng = torch.get_rng_state()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.ema.update(self.model, self.step)
@@ -127,6 +134,7 @@ class Trainer:
             for index, slots in optim["state"].items():
                 tensors |= {f"optim.{index}.{name}": v for name, v in slots.items()}
             tensors["generator"] = self.generator.get_state()
+            tensors["dropout_rng"] = self.dropout_rng
             save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / STATE_FILE))
             meta = {"step": self.step, "config": dataclasses.asdict(self.config), "extra": self.extra,
                     "param_groups": optim["param_groups"]}
@@ -164,5 +172,20 @@ class Trainer:
                 state.setdefault(int(index), {})[name] = v
         trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         trainer.generator.set_state(tensors["generator"])
+        if "dropout_rng" in tensors:  # checkpoints written before dropout start a fresh stream
+            trainer.dropout_rng = tensors["dropout_rng"]
         trainer.step = meta["step"]
         return trainer
+
+
+def resume_steps(saved: dict, given: dict, done: int, same=lambda key, saved, given: saved == given) -> int | None:
+    """Check the options a user passed again with --resume against the run's saved ones: all
+    must match, except `steps`, which may extend the run. Returns that new total, or None."""
+    given = dict(given)
+    steps = given.pop("steps", None)
+    for key, value in given.items():
+        check(same(key, saved[key], value), f"--resume continues the run as it was saved: --{key.replace('_', '-')} is "
+                                            f"{saved[key]!r} there, not {value!r}; drop the option or start a new --out")
+    check(steps is None or steps > done, f"--steps must be more than the {done} steps already done, got {steps}")
+    return steps
+

@@ -1,0 +1,49 @@
+"""genlab imagine: the bundled LLM writes a prompt, the text-to-image model draws it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from genlab.cli import app
+from genlab.progress import console
+
+
+@app.command()
+def imagine(
+    idea: Annotated[str, typer.Argument(help="Anything, in your own words: 'something that looks like a traffic light'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG file.")] = Path("imagine.png"),
+    seed: Annotated[int, typer.Option(help="Seed for the LLM's retry and for the image; the same seed gives the same PNG.")] = 0,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale. [default: the image model's]")] = None,
+    text_model: Annotated[str, typer.Option("--text-model", help="The LLM that writes the prompt (see genlab models).")] = "smollm2-135m-instruct",
+    image_model: Annotated[str, typer.Option("--image-model", help="The text-to-image model: 'shapes' or a folder from "
+                                                                   "genlab train text2image.")] = "shapes",
+    scale: Annotated[int, typer.Option(help="Enlarge the saved PNG by this factor (nearest neighbour).")] = 1,
+):
+    """Turn an idea into a picture: the LLM writes a prompt in the image model's vocabulary, diffusion draws it.
+
+    Example: genlab imagine "something that looks like a traffic light" --out light.png --scale 8
+    """
+    import time
+
+    from genlab.errors import check
+    from genlab.image.canvas import save_png, upscale
+    from genlab.image.generator import ImageGenerator
+    from genlab.llm_to_image import imagine as run
+    from genlab.text.generator import TextGenerator
+
+    check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
+    check(1 <= scale <= 64, f"--scale must be between 1 and 64, got {scale}")
+    check(steps >= 1, f"--steps must be at least 1, got {steps}")
+    start = time.perf_counter()
+    writer, painter = TextGenerator(text_model), ImageGenerator(image_model)
+    load_s = time.perf_counter() - start
+    result = run(idea, seed=seed, steps=steps, guidance=guidance, text_generator=writer, image_generator=painter)
+    save_png(upscale(result.image, scale), out)
+    console.print(f"LLM wrote:     {result.llm_text}", markup=False)
+    console.print(f"image prompt:  {result.prompt}", markup=False)
+    console.print(f"saved {out} · LLM {result.llm_seconds:.2f} s · diffusion {result.image_seconds:.2f} s · "
+                  f"loading both models {load_s:.2f} s · seed {seed}", markup=False)

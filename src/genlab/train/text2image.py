@@ -1,0 +1,219 @@
+"""Training latent text-to-image on the shapes world: the VAE first, then the UNet in its latent space.
+
+    genlab train vae --out runs/shapes-vae
+    genlab train text2image --vae runs/shapes-vae --out runs/shapes
+
+The VAE sees freshly drawn pictures at every step (image/shapes.py makes any number).
+The UNet learns from a pool of `images` captioned pictures encoded once when the run
+starts: latents by the VAE, captions by the frozen text encoder. Running MiniLM on every
+batch would cost more than the UNet step itself; a resumed run rebuilds the same pool.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import check
+from ..image import autoencoder
+from ..image.shapes import ShapesWorld, render
+from ..image.text2image import TextToImage, TextToImageConfig, save_text2image
+from ..store import atomic_dir
+from .diffusion import P_UNCOND, denoising_loss
+from .loop import StepStats, Trainer, TrainConfig, resume_steps
+
+SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle on the left", "a yellow square at the bottom",
+                  "a purple circle above an orange triangle", "a blue triangle to the left of a red square",
+                  "a big green circle", "a small yellow triangle and a blue circle"]
+
+
+def shapes_batch(world: ShapesWorld, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """Pictures (B, 3, 32, 32) in [-1, 1] and their captions, for these example indices."""
+    from ..image.canvas import from_pil
+
+    scenes, captions = zip(*(world.example(i) for i in indices))
+    return torch.cat([from_pil(render(s)) for s in scenes]), list(captions)
+
+
+def _checkpoint(out: Path) -> tuple[Path, dict]:
+    checkpoint = Trainer.latest(out / "checkpoints")
+    check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    return checkpoint, Trainer.read_meta(checkpoint)
+
+
+# --- the VAE -----------------------------------------------------------------------------------
+
+
+@dataclass
+class VaeRun:
+    """out/checkpoints/step-N, and out/model: the EMA weights as a diffusers AutoencoderKL folder."""
+
+    trainer: Trainer
+    vae: torch.nn.Module
+    out: Path
+
+    @classmethod
+    def create(cls, out: Path, options: dict) -> "VaeRun":
+        torch.manual_seed(options["seed"])  # the initial weights
+        vae = autoencoder.build_vae()
+        return cls(Trainer(vae, TrainConfig(**options), {"kind": "vae"}), vae, out)
+
+    @classmethod
+    def resume(cls, out: Path, given: dict) -> "VaeRun":
+        checkpoint, meta = _checkpoint(out)
+        check(meta["extra"].get("kind") == "vae", f"{out} is not a `genlab train vae` run")
+        steps = resume_steps(meta["config"], given, meta["step"])
+        vae = autoencoder.build_vae()
+        return cls(Trainer.resume(vae, checkpoint, steps), vae, out)
+
+    def steps(self) -> Iterator[StepStats]:
+        world, batch = ShapesWorld("train", self.trainer.config.seed), self.trainer.config.batch_size
+
+        def loss(vae, g: torch.Generator) -> torch.Tensor:
+            x, _ = shapes_batch(world, torch.randint(2**31 - 1, (batch,), generator=g).tolist())
+            return autoencoder.vae_loss(vae, x, g)
+
+        yield from self.trainer.run(loss)
+
+    def ema(self) -> torch.nn.Module:
+        vae = copy.deepcopy(self.vae).eval()
+        vae.load_state_dict(self.trainer.ema.shadow)
+        return vae
+
+    def save(self) -> Path:
+        """A checkpoint, and out/model with the latent scale measured on 500 training pictures."""
+        path = self.trainer.save(self.out / "checkpoints")
+        vae = self.ema()
+        x, _ = shapes_batch(ShapesWorld("train", seed=12345), list(range(500)))
+        vae.register_to_config(scaling_factor=autoencoder.measure_scaling(vae, x))
+        with atomic_dir(self.out / "model") as tmp:
+            vae.save_pretrained(tmp)
+        return path
+
+    def sample_grid(self, path: Path) -> Path:
+        """Held-out pictures (top row) above their reconstructions (bottom row)."""
+        from ..image.canvas import grid, save_png, to_pil, upscale
+
+        x, _ = shapes_batch(ShapesWorld("heldout-combo", 0), list(range(8)))
+        with torch.no_grad():
+            vae = self.ema()
+            recon = autoencoder.decode(vae, autoencoder.encode(vae, x))
+        save_png(upscale(grid(to_pil(torch.cat([x, recon.clamp(-1, 1)])), columns=8), 2), path, "reconstructions")
+        return path
+
+
+# --- the text-conditioned UNet -----------------------------------------------------------------
+
+
+@dataclass
+class Pool:
+    latents: torch.Tensor  # (P, 4, 8, 8) scaled VAE latents
+    states: torch.Tensor  # (P, max_tokens, 384) float16 text-encoder states of the captions
+    null: torch.Tensor  # (max_tokens, 384) the empty prompt's states, for caption dropout
+
+
+def build_pool(model: TextToImage, images: int, seed: int, on_progress=None, chunk: int = 250) -> Pool:
+    """Encode `images` training examples once: pictures through the VAE, captions through the text encoder."""
+    world = ShapesWorld("train", seed)
+    latents, states, cache = [], [], {}
+    with torch.no_grad():
+        for start in range(0, images, chunk):
+            x, captions = shapes_batch(world, list(range(start, min(start + chunk, images))))
+            latents.append(model.encode(x))
+            new = sorted(set(captions) - cache.keys())
+            if new:  # the same caption twice is encoded once
+                cache |= dict(zip(new, model.encoder(new)[0].half()))
+            states.append(torch.stack([cache[c] for c in captions]))
+            if on_progress:
+                on_progress(min(start + chunk, images))
+    return Pool(torch.cat(latents), torch.cat(states), model.encoder([""])[0][0])
+
+
+@dataclass
+class Text2ImageRun:
+    """out/checkpoints/step-N (the UNet), and out/model: the whole pipeline folder (text2image.py)."""
+
+    trainer: Trainer
+    model: TextToImage
+    out: Path
+    images: int
+    pool: Pool | None = None
+
+    @classmethod
+    def create(cls, out: Path, options: dict) -> "Text2ImageRun":
+        o = dict(options)
+        vae_folder, images = str(Path(o.pop("vae")).expanduser().resolve()), o.pop("images")
+        model = cls._model(vae_folder, o["seed"])
+        extra = {"kind": "text2image", "vae": vae_folder, "images": images}
+        return cls(Trainer(model.unet, TrainConfig(**o), extra), model, out, images)
+
+    @classmethod
+    def resume(cls, out: Path, given: dict) -> "Text2ImageRun":
+        checkpoint, meta = _checkpoint(out)
+        extra = meta["extra"]
+        check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
+        same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
+        steps = resume_steps(meta["config"] | {"vae": extra["vae"], "images": extra["images"]}, given, meta["step"], same)
+        model = cls._model(extra["vae"], meta["config"]["seed"])
+        return cls(Trainer.resume(model.unet, checkpoint, steps), model, out, extra["images"])
+
+    @staticmethod
+    def _model(vae_folder: str, seed: int) -> TextToImage:
+        from diffusers import AutoencoderKL
+
+        folder = Path(vae_folder)
+        folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder  # a `train vae` --out folder
+        check((folder / "config.json").is_file(), f"--vae {vae_folder}: no trained VAE there; run `genlab train vae` first")
+        vae = AutoencoderKL.from_pretrained(folder).eval()
+        torch.manual_seed(seed)  # the UNet's initial weights
+        return TextToImage(TextToImageConfig(), vae)
+
+    def prepare(self, on_progress=None) -> None:
+        """Encode the training pool (steps() does it too, if not done yet)."""
+        if self.pool is None:
+            self.pool = build_pool(self.model, self.images, self.trainer.config.seed, on_progress)
+
+    def steps(self) -> Iterator[StepStats]:
+        self.prepare()
+        pool, c, batch = self.pool, self.model.config, self.trainer.config.batch_size
+        schedule = c.noise_schedule()
+
+        def loss(unet, g: torch.Generator) -> torch.Tensor:
+            idx = torch.randint(len(pool.latents), (batch,), generator=g)
+            z0, states = pool.latents[idx], pool.states[idx].float()  # (B, 4, 8, 8), (B, L, 384)
+
+            def denoise(zt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                drop = torch.rand(batch, generator=g) < P_UNCOND  # the empty prompt, for guidance
+                cond = torch.where(drop[:, None, None], pool.null.float(), states)
+                return unet(zt, t, encoder_hidden_states=cond).sample
+
+            return denoising_loss(denoise, schedule, z0, c.prediction, g)
+
+        yield from self.trainer.run(loss)
+
+    def ema(self) -> TextToImage:
+        """The model with the UNet's EMA weights (sharing the VAE and the text encoder)."""
+        unet = copy.deepcopy(self.model.unet).eval()
+        unet.load_state_dict(self.trainer.ema.shadow)
+        return TextToImage(self.model.config, self.model.vae, self.model.encoder, unet)
+
+    def save(self) -> Path:
+        path = self.trainer.save(self.out / "checkpoints")
+        with atomic_dir(self.out / "model") as tmp:
+            save_text2image(self.ema(), tmp)
+        return path
+
+    def sample_grid(self, path: Path, steps: int = 20) -> Path:
+        """One sample per prompt in SAMPLE_PROMPTS, seed 0, the default sampler and guidance."""
+        from ..image.canvas import grid, save_png, upscale
+        from ..image.generator import ImageGenerator
+
+        gen = ImageGenerator.from_model(self.ema())
+        cells = [gen.generate(p, steps=steps, seed=0)[0] for p in SAMPLE_PROMPTS]
+        save_png(upscale(grid(cells, columns=len(cells)), 2), path, "sample grid")
+        self.model.unet.train()
+        return path

@@ -1,0 +1,62 @@
+"""genlab train vae / text2image: the two steps of latent text-to-image, with resume, on the shapes world."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genlab.image.generator import ImageGenerator
+from genlab.image.text2image import is_text2image
+from test_cli import assert_one_line_error, run
+
+VAE = ["--batch-size", "4", "--checkpoint-every", "2", "--sample-every", "0"]
+T2I = ["--images", "24", "--batch-size", "4", "--checkpoint-every", "2", "--sample-every", "0"]
+
+
+def _weights(folder):
+    return load_file(str(sorted((folder / "checkpoints").glob("step-*"))[-1] / "state.safetensors"))
+
+
+def test_vae_then_text2image_then_image(tmp_path, capsys):
+    vae, t2i = tmp_path / "vae", tmp_path / "t2i"
+    assert run(["train", "vae", "--out", str(vae), "--steps", "2", "--sample-every", "2"] + VAE[:2], capsys)[0] == 0
+    config = json.loads((vae / "model" / "config.json").read_text())
+    assert config["latent_channels"] == 4 and config["scaling_factor"] > 0  # measured, not SD's 0.18215
+    assert (vae / "samples" / "step-0000002.png").is_file()
+    code, _, err = run(["train", "text2image", "--vae", str(vae), "--out", str(t2i), "--steps", "2", "--sample-every", "2"]
+                       + T2I[:4], capsys)
+    assert code == 0, err
+    assert is_text2image(t2i / "model") and (t2i / "samples" / "step-0000002.png").is_file()
+    [img] = ImageGenerator(str(t2i)).generate("a red circle above a blue square", steps=2, seed=0)
+    assert img.size == (32, 32)
+
+
+@pytest.mark.slow
+def test_vae_resume_is_bit_identical(tmp_path, capsys):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    assert run(["train", "vae", "--out", str(straight), "--steps", "4"] + VAE, capsys)[0] == 0
+    assert run(["train", "vae", "--out", str(resumed), "--steps", "2"] + VAE, capsys)[0] == 0
+    assert run(["train", "vae", "--out", str(resumed), "--steps", "4", "--resume"] + VAE, capsys)[0] == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_text2image_resume_is_bit_identical_and_keeps_its_options(tmp_path, capsys):
+    vae = tmp_path / "vae"
+    assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    common = ["--vae", str(vae)] + T2I
+    assert run(["train", "text2image", "--out", str(straight), "--steps", "4"] + common, capsys)[0] == 0
+    assert run(["train", "text2image", "--out", str(resumed), "--steps", "2"] + common, capsys)[0] == 0
+    code, _, err = run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume", "--lr", "0.1"] + common, capsys)
+    assert_one_line_error(code, err, "--lr is 0.001 there, not 0.1")
+    assert run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume"] + common, capsys)[0] == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_text2image_needs_a_trained_vae(tmp_path, capsys):
+    code, _, err = run(["train", "text2image", "--vae", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")], capsys)
+    assert_one_line_error(code, err, "no trained VAE there; run `genlab train vae` first")
