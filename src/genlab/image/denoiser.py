@@ -65,21 +65,26 @@ class DiffusionConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "DiffusionConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenlabError(f"{CONFIG_FILE} is not valid JSON: {e}") from None
-        check(isinstance(data, dict), f"{CONFIG_FILE} must hold a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        check(not unknown, f"unknown keys in {CONFIG_FILE}: {', '.join(unknown)}")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise GenlabError(f"bad value in {CONFIG_FILE}: {e}") from None
+        return config_from_json(cls, text)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def config_from_json(cls, text: str):
+    """A config dataclass from genlab.json, strictly: bad JSON, unknown keys and bad values are
+    one-line errors (the text-to-image config reads its genlab.json the same way)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GenlabError(f"{CONFIG_FILE} is not valid JSON: {e}") from None
+    check(isinstance(data, dict), f"{CONFIG_FILE} must hold a JSON object")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    check(not unknown, f"unknown keys in {CONFIG_FILE}: {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise GenlabError(f"bad value in {CONFIG_FILE}: {e}") from None
 
 
 class Denoiser(torch.nn.Module):

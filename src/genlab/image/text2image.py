@@ -66,10 +66,9 @@ class TextToImageConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TextToImageConfig":
-        data = json.loads(text)
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        check(not unknown, f"unknown keys in {CONFIG_FILE}: {', '.join(unknown)}")
-        return cls(**data)
+        from .denoiser import config_from_json
+
+        return config_from_json(cls, text)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

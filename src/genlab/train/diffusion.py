@@ -101,9 +101,7 @@ class DiffusionRun:
     def resume(cls, out: Path, given: dict | None = None) -> "DiffusionRun":
         """Continue the newest checkpoint in out/checkpoints. `given` holds options the user passed
         again: they must match the run, except `steps`, which may extend it."""
-        checkpoint = Trainer.latest(out / "checkpoints")
-        check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-        meta = Trainer.read_meta(checkpoint)
+        checkpoint, meta = Trainer.newest_run_checkpoint(out)
         extra, saved = meta["extra"], meta["config"] | {"data": meta["extra"]["data"], "resolution": meta["extra"]["resolution"]}
         model_options = {"dropout": 0.0} | extra["model"]  # runs saved before genlab had --dropout trained without it
         saved |= {k: model_options[k] for k in ("prediction", "schedule", "dropout")}

@@ -148,6 +148,13 @@ class Trainer:
         done = sorted(p for p in folder.glob("step-*") if (p / TRAINER_FILE).is_file())
         return done[-1] if done else None
 
+    @classmethod
+    def newest_run_checkpoint(cls, out: Path) -> tuple[Path, dict]:
+        """The checkpoint --resume continues in a run folder, and its metadata; a clear error if none."""
+        checkpoint = cls.latest(out / "checkpoints")
+        check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+        return checkpoint, cls.read_meta(checkpoint)
+
     @staticmethod
     def read_meta(checkpoint: Path) -> dict:
         return json.loads((checkpoint / TRAINER_FILE).read_text())

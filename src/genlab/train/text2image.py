@@ -39,12 +39,6 @@ def shapes_batch(world: ShapesWorld, indices: list[int]) -> tuple[torch.Tensor, 
     return torch.cat([from_pil(render(s)) for s in scenes]), list(captions)
 
 
-def _checkpoint(out: Path) -> tuple[Path, dict]:
-    checkpoint = Trainer.latest(out / "checkpoints")
-    check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-    return checkpoint, Trainer.read_meta(checkpoint)
-
-
 # --- the VAE -----------------------------------------------------------------------------------
 
 
@@ -64,7 +58,7 @@ class VaeRun:
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "VaeRun":
-        checkpoint, meta = _checkpoint(out)
+        checkpoint, meta = Trainer.newest_run_checkpoint(out)
         check(meta["extra"].get("kind") == "vae", f"{out} is not a `genlab train vae` run")
         steps = resume_steps(meta["config"], given, meta["step"])
         vae = autoencoder.build_vae()
@@ -153,7 +147,7 @@ class Text2ImageRun:
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "Text2ImageRun":
-        checkpoint, meta = _checkpoint(out)
+        checkpoint, meta = Trainer.newest_run_checkpoint(out)
         extra = meta["extra"]
         check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
         same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
