@@ -20,7 +20,7 @@ from itertools import permutations
 
 import numpy as np
 
-from ..image.shapes import COLORS, SIZE, Spec, Want, relation_holds
+from ..image.shapes import COLORS, SIZE, Spec, Want, described, relation_holds
 
 BRIGHT = 100  # a pixel whose brightest channel is below this is background
 SQUARE_FILL = 0.9  # a region filling more of its bounding box than this is a square
@@ -100,7 +100,7 @@ def _on_side(f: Found, side: str | None, margin: float = 1.0) -> bool:
 
 
 def _name(w: Want) -> str:
-    return " ".join(word for word in (w.size, w.color, w.shape) if word)
+    return f"{described(w)} {w.shape}".strip()
 
 
 def adherence(images, specs: list[Spec]) -> dict[str, float]:

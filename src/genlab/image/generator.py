@@ -41,12 +41,16 @@ def pick_model(prompt: str) -> str:
     words = set(re.findall(r"[a-z0-9]+", prompt.lower()))
     names_shape = any(s in words or s + "s" in words for s in SHAPES)
     names_digit = bool(words & (set(DIGIT_WORDS) | set("0123456789")))
-    shapes_bundled = Path(str(resources.files("genlab") / "weights" / BUNDLED["shapes"])).is_dir()
+    shapes_bundled = _weights_folder("shapes").is_dir()
     return "digits" if (names_digit and not names_shape) or not shapes_bundled else "shapes"
 
 
+def _weights_folder(name: str) -> Path:
+    return Path(str(resources.files("genlab") / "weights" / BUNDLED[name]))
+
+
 def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
-    folder = Path(str(resources.files("genlab") / "weights" / BUNDLED[name]))
+    folder = _weights_folder(name)
     check(folder.is_dir(), f"the {name!r} model is not in this copy of genlab ({folder} is missing)")
     return folder
 

@@ -147,12 +147,13 @@ def describe(spec: Spec) -> str:
 def _fill(template: str, spec: Spec) -> str:
     a = spec.objects[0]
     b = spec.objects[1] if len(spec.objects) > 1 else a
-    text = template.format(s=a.shape, c=_described(a), side=spec.where, rel=RELATION_WORDS.get(spec.where or "", ""),
-                           c1=_described(a), s1=a.shape, c2=_described(b), s2=b.shape)
+    text = template.format(s=a.shape, c=described(a), side=spec.where, rel=RELATION_WORDS.get(spec.where or "", ""),
+                           c1=described(a), s1=a.shape, c2=described(b), s2=b.shape)
     return re.sub(r"\ba (?=[aeiou])", "an ", " ".join(text.split()))
 
 
-def _described(w: Want) -> str:
+def described(w: Want) -> str:
+    """A wanted object's size and colour, as captions say them: "big red", "red", or "" for neither."""
     return " ".join(word for word in (w.size, w.color) if word)
 
 
