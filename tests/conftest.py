@@ -88,3 +88,51 @@ def build_tiny_text2image(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_t2i_folder(tmp_path_factory) -> Path:
     return build_tiny_text2image(tmp_path_factory.mktemp("t2i") / "shapes")
+
+
+def start_server(app, timeout: float = 300.0, ready: bool = True):
+    """Run a real uvicorn server for `app` on a free loopback port, in a thread; wait until /health is 200."""
+    import socket
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5):
+                break
+        except urllib.error.HTTPError:  # 503 while loading
+            if not ready:
+                break
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.2)
+    else:
+        raise RuntimeError(f"the test server at {url} was not ready in {timeout} s")
+
+    def stop():
+        server.should_exit = True
+        thread.join(10)
+
+    return SimpleNamespace(url=url, app=app, stop=stop)
+
+
+@pytest.fixture(scope="session")
+def server():
+    """genlab serve with the bundled models (SmolLM2, digits, shapes): one generation at a time, two waiting."""
+    from genlab.server.app import ServerConfig, create_app
+
+    s = start_server(create_app(ServerConfig(concurrency=1, queue=2)))
+    yield s
+    s.stop()

@@ -163,9 +163,13 @@ class ImageGenerator:
                 on_step(step)
             if step.index in _frame_indices(step.total, request.trajectory_frames):
                 frames.append(step.xt[:1])
-        decode = lambda x: to_pil(self.model.decode(x))  # noqa: E731  the model's space -> pixels
-        return ImageResult(decode(step.xt), request.seed, time.perf_counter() - start, step.calls,
-                           decode(torch.cat(frames)) if frames else [])
+        return ImageResult(self.pictures(step.xt), request.seed, time.perf_counter() - start, step.calls,
+                           self.pictures(torch.cat(frames)) if frames else [])
+
+    @torch.inference_mode()
+    def pictures(self, x: torch.Tensor) -> list:
+        """PIL images from samples in the model's space (pixels, or latents through the VAE)."""
+        return to_pil(self.model.decode(x))
 
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:

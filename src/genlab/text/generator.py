@@ -63,15 +63,21 @@ class TextGenerator:
         """Yield TextPieces as they are decoded. Keyword arguments are SamplingParams fields."""
         params = sampling.pop("params", None) or SamplingParams(**sampling)
         ids = self.prompt_ids(prompt, messages, system, raw)
-        room = self.lm.context_length - len(ids)
-        check(params.max_new_tokens <= room,
-              f"max_new_tokens={params.max_new_tokens} does not fit: the prompt has {len(ids)} tokens and the "
-              f"context window is {self.lm.context_length}, so at most {max(room, 0)} new tokens are possible")
+        self.check_fits(ids, params.max_new_tokens)
         stats = stats if stats is not None else DecodeStats()
         stats.seed = params.seed if params.seed is not None else secrets.randbits(63)
         stats.prompt_tokens = len(ids)
         steps = timed(decode(self.lm, ids, params, stats.seed), stats)
         yield from detokenize(self.tokenizer, steps, params.stop)
+
+    def room(self, ids: list[int]) -> int:
+        """How many new tokens fit in the context window after the prompt `ids`."""
+        return max(self.lm.context_length - len(ids), 0)
+
+    def check_fits(self, ids: list[int], max_new_tokens: int) -> None:
+        check(max_new_tokens <= self.room(ids),
+              f"max_new_tokens={max_new_tokens} does not fit: the prompt has {len(ids)} tokens and the "
+              f"context window is {self.lm.context_length}, so at most {self.room(ids)} new tokens are possible")
 
     def complete(self, prompt: str | None = None, **kwargs) -> Generation:
         """Run to the end: text, finish reason, stats (seed, counts, timings) and per-token details."""

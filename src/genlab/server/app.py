@@ -1,0 +1,269 @@
+"""`genlab serve`: one process serving text and images with the OpenAI HTTP API, plus the web UI.
+
+    from genlab.server.app import ServerConfig, create_app
+    app = create_app(ServerConfig())          # then: uvicorn.run(app, host="127.0.0.1", port=8000)
+
+The models load in a background thread after the server starts listening: /health answers
+503 until they are ready, as llama.cpp's server does. Routes live in text.py and images.py;
+this file holds the configuration, the model registry, the error shapes and the web UI mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from genlab.errors import GenlabError, check
+from genlab.image.generator import BUNDLED as IMAGE_BUNDLED
+from genlab.server.admission import Admission
+from genlab.server.protocol import APIError, validation_message
+from genlab.text.sources import BUNDLED as TEXT_BUNDLED
+from genlab.text.sources import DEFAULT_TEXT_MODEL
+
+log = logging.getLogger("genlab.server")
+
+
+@dataclass
+class ServerConfig:
+    text_models: list[str] = field(default_factory=lambda: [DEFAULT_TEXT_MODEL])
+    image_models: list[str] = field(default_factory=lambda: list(IMAGE_BUNDLED))
+    concurrency: int = 1  # generations running at once
+    queue: int = 8  # requests waiting for a slot before new ones get 429
+    max_tokens: int = 1024  # the most tokens one request may ask for
+    max_images: int = 8  # the most images one request may ask for (n)
+    max_steps: int = 200  # the most denoising steps one request may ask for
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    device: str = "auto"
+
+    def __post_init__(self):
+        check(self.concurrency >= 1, f"--concurrency must be at least 1, got {self.concurrency}")
+        check(self.queue >= 0, f"--queue must be 0 or more, got {self.queue}")
+        check(self.max_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_tokens}")
+        check(self.text_models or self.image_models, "give at least one --text-model or --image-model")
+
+
+def model_name(spec: str) -> str:
+    """The id a client uses: a bundled name as is, a folder or file by its name."""
+    return spec if spec in TEXT_BUNDLED or spec in IMAGE_BUNDLED or spec.count("/") == 1 and not Path(spec).exists() \
+        else Path(spec).expanduser().resolve().stem
+
+
+def precheck(config: ServerConfig) -> None:
+    """Fail fast, before listening, on a model that cannot load (a missing folder, a hub id offline)."""
+    from genlab.text.sources import bundled_file, resolve
+
+    for spec in config.text_models:
+        if spec in TEXT_BUNDLED:
+            bundled_file(spec)
+        elif not spec.lower().endswith(".gguf"):
+            resolve(spec)
+        else:
+            check(Path(spec).expanduser().is_file(), f"no such GGUF file: {spec}")
+    for spec in config.image_models:
+        check(spec in IMAGE_BUNDLED or Path(spec).expanduser().is_dir(),
+              f"--image-model must be {' or '.join(IMAGE_BUNDLED)} or a model folder; {spec!r} is neither")
+    names = [model_name(s) for s in config.text_models + config.image_models]
+    check(len(set(names)) == len(names), f"two models would have the same id: {names}")
+
+
+class Models:
+    """The loaded models by id, filled by a background thread."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.text: dict = {}  # id -> TextGenerator
+        self.image: dict = {}  # id -> ImageGenerator
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self.created = int(time.time())
+
+    def load(self) -> None:
+        from genlab.image.generator import ImageGenerator
+        from genlab.text.generator import TextGenerator
+
+        try:
+            for spec in self.config.text_models:
+                self.text[model_name(spec)] = TextGenerator(spec, device=self.config.device)
+            for spec in self.config.image_models:
+                self.image[model_name(spec)] = ImageGenerator(spec, device=self.config.device)
+            log.info("models ready: %s", ", ".join([*self.text, *self.image]))
+            self.ready.set()
+        except Exception as e:  # shown by /health and the log; the server stays up to say so
+            self.error = str(e) if isinstance(e, GenlabError) else f"{type(e).__name__}: {e}"
+            log.error("genlab: error: loading models failed: %s", self.error)
+
+    def _wait(self) -> None:
+        if self.error:
+            raise APIError(500, f"the models failed to load: {self.error}", type="server_error")
+        if not self.ready.is_set():
+            raise APIError(503, "the models are still loading; retry shortly (GET /health answers 200 when ready)",
+                           type="server_error", code="loading", headers={"Retry-After": "2"})
+
+    def pick(self, kind: str, name: str | None, default: str | None = None):
+        """The generator for a request's `model`, or a 404 that lists what this server has."""
+        self._wait()
+        have = self.text if kind == "text" else self.image
+        other = self.image if kind == "text" else self.text
+        name = name or default or next(iter(have), None)
+        if name in have:
+            return name, have[name]
+        hint = f"{name!r} is an {'image' if kind == 'text' else 'text'} model; " if name in other else f"model {name!r} not found; "
+        raise APIError(404, hint + f"this server's {kind} models: {', '.join(have) or 'none'}", param="model",
+                       code="model_not_found")
+
+
+def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI:
+    """The FastAPI app. load=False leaves loading to the caller (tests call app.state.models.load())."""
+    from genlab.server import images, text
+
+    config = config or ServerConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if load:  # listen at once; /health says 503 until the models are in memory
+            threading.Thread(target=app.state.models.load, name="genlab-load", daemon=True).start()
+        yield
+
+    app = FastAPI(title="genlab", version=_version(), docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.state.config = config
+    app.state.models = Models(config)
+    app.state.admission = Admission(config.concurrency, config.queue)
+
+    _errors(app)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+
+    @app.get("/health")
+    def health():
+        m = app.state.models
+        if m.error:
+            return JSONResponse({"status": "error", "error": m.error}, status_code=500)
+        if not m.ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def list_models():
+        return {"object": "list", "data": _model_cards(app.state.models)}
+
+    @app.get("/v1/models/{model_id:path}")
+    def get_model(model_id: str):
+        for card in _model_cards(app.state.models):
+            if card["id"] == model_id:
+                return card
+        raise APIError(404, f"model {model_id!r} not found", param="model", code="model_not_found")
+
+    @app.get("/v1/genlab/stats")
+    def stats():
+        a = app.state.admission
+        return {"running_or_waiting": a.inside, "concurrency": a.concurrency, "queue": a.queue, **vars(a.counters)}
+
+    app.include_router(text.router)
+    app.include_router(images.router)
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/", StaticFiles(directory=str(resources.files("genlab") / "web"), html=True), name="web")
+    return app
+
+
+def _model_cards(models: Models) -> list[dict]:
+    """/v1/models entries, with genlab's extensions: kind, ready, and what an image request may set."""
+    cards = []
+    for spec in models.config.text_models:
+        name = model_name(spec)
+        gen = models.text.get(name)
+        cards.append({"id": name, "object": "model", "created": models.created, "owned_by": "genlab", "kind": "text",
+                      "ready": gen is not None, "context_length": gen.lm.context_length if gen else None})
+    for spec in models.config.image_models:
+        name = model_name(spec)
+        gen = models.image.get(name)
+        card = {"id": name, "object": "model", "created": models.created, "owned_by": "genlab", "kind": "image",
+                "ready": gen is not None}
+        if gen is not None and gen.model is not None:
+            from genlab.image.samplers import SAMPLERS
+
+            channels, height, width = gen.model.pixel_shape
+            card.update(size=f"{width}x{height}", samplers=list(SAMPLERS), default_sampler=gen.default_sampler,
+                        default_guidance=gen.config.guidance)
+        cards.append(card)
+    return cards
+
+
+def _version() -> str:
+    from genlab import __version__
+
+    return __version__
+
+
+def _errors(app: FastAPI) -> None:
+    """Every failure leaves as {"error": {...}}: bad input 4xx, a bug 500 (logged), never a dropped connection."""
+
+    def answer(e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(APIError)
+    async def _api(request: Request, e: APIError):
+        return answer(e)
+
+    @app.exception_handler(GenlabError)
+    async def _genlab(request: Request, e: GenlabError):
+        return answer(APIError.from_genlab(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        message, param = validation_message(e.errors())
+        return answer(APIError(422, message, param=param, code="invalid_value"))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return answer(APIError(e.status_code, message, code="not_found" if e.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return answer(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, before any of it reaches a route."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send)
+        if length is not None:
+            return await self.app(scope, receive, send)
+        body, more = [], True  # no length given (chunked): read it here, up to the limit
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if sum(map(len, body)) > self.limit:
+                return await self._refuse(send)
+        replay = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _refuse(self, send) -> None:
+        e = APIError(413, f"the request body is larger than this server's limit of {self.limit} bytes", code="body_too_large")
+        await JSONResponse(e.body(), status_code=413)({"type": "http"}, None, send)

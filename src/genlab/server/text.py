@@ -1,0 +1,147 @@
+"""POST /v1/chat/completions and /v1/completions: TextGenerator behind OpenAI's shapes.
+
+Each choice is one call of the same TextGenerator.stream() the CLI uses, with the same
+SamplingParams, so a request with seed S gives `genlab text --seed S`'s text. Choice i of
+n uses seed S + i. A stream sends one chunk per text piece and ends with `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from genlab.errors import check
+from genlab.server.admission import DONE, error_event, in_thread, sse
+from genlab.server.protocol import (ChatRequest, CompletionRequest, chat_logprobs, completion_logprobs, new_id, now,
+                                    usage)
+from genlab.text.decode import DecodeStats
+from genlab.text.sampling import SamplingParams
+
+router = APIRouter()
+MAX_CHOICES = 16
+
+
+@dataclass
+class Choice:
+    """One answer to produce: what to feed TextGenerator.stream and how to sample."""
+
+    index: int
+    prompt: dict  # {"messages": [...]} or {"prompt": str, "raw": True}
+    params: SamplingParams
+
+
+def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None) -> list[Choice]:
+    """Validate everything before any work starts, so bad input is a 400 and never half a stream."""
+    check(1 <= body.n <= MAX_CHOICES, f"n must be between 1 and {MAX_CHOICES}, got {body.n}")
+    requested = body.token_limit() if isinstance(body, ChatRequest) else body.max_tokens
+    check(requested is None or requested <= limit,
+          f"max_tokens must be at most {limit} on this server (its --max-tokens), got {requested}")
+    top = body.top_k_logprobs() if isinstance(body, ChatRequest) else (body.logprobs or 0)
+    check(isinstance(body, ChatRequest) or top <= 5, f"logprobs must be between 0 and 5 for completions, got {top}")
+    choices = []
+    for p, prompt in enumerate(prompts):
+        ids = gen.prompt_ids(**prompt)
+        tokens = requested if requested is not None else min(default_tokens or limit, limit, max(gen.room(ids), 1))
+        for i in range(body.n):
+            params = SamplingParams(**body.sampling(tokens, top, i))
+            gen.check_fits(ids, params.max_new_tokens)
+            choices.append(Choice(p * body.n + i, prompt, params))
+    return choices
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    name, gen = request.app.state.models.pick("text", body.model)
+    messages = [m.plain() for m in body.messages]
+    choices = plan(gen, body, [{"messages": messages}], request.app.state.config.max_tokens, None)
+    return await respond(request, gen, name, body, choices, chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    name, gen = request.app.state.models.pick("text", body.model)
+    prompts = [{"prompt": p, "raw": True} for p in body.prompts()]
+    choices = plan(gen, body, prompts, request.app.state.config.max_tokens, 16)  # OpenAI's default max_tokens
+    return await respond(request, gen, name, body, choices, chat=False)
+
+
+async def respond(request: Request, gen, name: str, body, choices: list[Choice], chat: bool):
+    ticket = request.app.state.admission.ticket()
+    if body.stream:
+        return StreamingResponse(_stream(ticket, gen, name, body, choices, chat), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(ticket.release))
+    async with ticket.slot():
+        done = [await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params)) for c in choices]
+    want_logprobs = body.logprobs if chat else body.logprobs is not None
+    out = []
+    for c, g in zip(choices, done):
+        logprobs = None
+        if want_logprobs:
+            logprobs = chat_logprobs(gen.tokenizer, g.tokens) if chat else completion_logprobs(gen.tokenizer, g.tokens, 0)
+        answer = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text}
+        out.append({"index": c.index, **answer, "logprobs": logprobs, "finish_reason": g.finish_reason})
+    prompt_tokens = sum(g.stats.prompt_tokens for c, g in zip(choices, done) if c.index % body.n == 0)
+    return {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion" if chat else "text_completion",
+            "created": now(), "model": name, "system_fingerprint": _fingerprint(), "choices": out,
+            "usage": usage(prompt_tokens, sum(g.stats.completion_tokens for g in done)),
+            "seed": body.seed,
+            "timings": _timings(done[0].stats)}
+
+
+async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: bool):
+    """SSE chunks: for chat, a role delta, content deltas, a finish chunk; then usage if asked; then [DONE]."""
+    cid, created = new_id("chatcmpl" if chat else "cmpl"), now()
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    want_logprobs = body.logprobs if chat else body.logprobs is not None
+
+    def chunk(choice: dict | None, **extra) -> str:
+        return sse({"id": cid, "object": kind, "created": created, "model": name, "system_fingerprint": _fingerprint(),
+                    "choices": [choice] if choice else [], **extra})
+
+    prompt_tokens = completion_tokens = 0
+    try:
+        async with ticket.slot():
+            for c in choices:
+                stats, offset = DecodeStats(), 0
+                if chat:
+                    yield chunk({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                 "finish_reason": None})
+                finish = "length"
+                async for piece in in_thread(gen.stream(**c.prompt, params=c.params, stats=stats)):
+                    logprobs = None
+                    if want_logprobs and piece.tokens:
+                        logprobs = chat_logprobs(gen.tokenizer, piece.tokens) if chat else \
+                            completion_logprobs(gen.tokenizer, piece.tokens, offset)
+                    offset += len(piece.text)
+                    finish = piece.finish_reason or finish
+                    if piece.text or logprobs:
+                        payload = {"delta": {"content": piece.text}} if chat else {"text": piece.text}
+                        yield chunk({"index": c.index, **payload, "logprobs": logprobs, "finish_reason": None})
+                end = {"delta": {}} if chat else {"text": ""}
+                yield chunk({"index": c.index, **end, "logprobs": None, "finish_reason": finish}, timings=_timings(stats))
+                prompt_tokens += stats.prompt_tokens if c.index % body.n == 0 else 0
+                completion_tokens += stats.completion_tokens
+        if include_usage:
+            yield chunk(None, usage=usage(prompt_tokens, completion_tokens))
+    except Exception as e:
+        yield error_event(e)
+    yield DONE
+
+
+def _timings(stats: DecodeStats) -> dict:
+    """genlab's extension, as llama.cpp's server reports: the cost of one choice."""
+    return {"prompt_tokens": stats.prompt_tokens, "ttft_s": round(stats.ttft_s, 4), "total_s": round(stats.total_s, 4),
+            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2), "seed": stats.seed}
+
+
+def _fingerprint() -> str:
+    from genlab import __version__
+
+    return f"genlab-{__version__}"

@@ -1,0 +1,237 @@
+// genlab's web UI: a client of the same OpenAI API that any SDK uses (nothing here is private).
+// Streams are read with fetch, since EventSource cannot POST.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { chat: [], abort: null, frames: [], models: [] };
+
+// ---- Server-Sent Events over fetch: yields each `data:` payload, parsed -------------------------
+async function* events(url, body, signal) {
+  const response = await fetch(url, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal,
+  });
+  if (!response.ok) {
+    const answer = await response.json().catch(() => ({}));
+    throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        const parsed = JSON.parse(data);
+        if (parsed.error) throw new Error(parsed.error.message);
+        yield parsed;
+      }
+    }
+  }
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+  clearTimeout(showError.timer);
+  showError.timer = setTimeout(() => { box.hidden = true; }, 8000);
+}
+
+const number = (id) => ($(id).value === "" ? undefined : Number($(id).value));
+
+// ---- models and health -------------------------------------------------------------------------
+async function waitUntilReady() {
+  const badge = $("health");
+  for (;;) {
+    try {
+      const response = await fetch("/health");
+      if (response.ok) { badge.textContent = "ready"; badge.className = "badge ok"; break; }
+      const body = await response.json().catch(() => ({}));
+      if (response.status === 500) { badge.textContent = "error"; badge.className = "badge error"; showError(body.error); return; }
+      badge.textContent = "loading models…";
+    } catch (e) { badge.textContent = "server unreachable"; }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  state.models = (await (await fetch("/v1/models")).json()).data;
+  for (const m of state.models) {
+    const option = new Option(m.id + (m.size ? ` (${m.size})` : ""), m.id);
+    $(m.kind === "text" ? "text-model" : "image-model").append(option);
+  }
+  const samplers = state.models.find((m) => m.samplers)?.samplers || [];
+  $("sampler").append(new Option("model's default", ""), ...samplers.map((s) => new Option(s, s)));
+  document.body.dataset.ready = "1";
+}
+
+// ---- text pane ---------------------------------------------------------------------------------
+function addMessage(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  div.textContent = text || "";
+  $("chat-log").append(div);
+  $("chat-log").scrollTop = $("chat-log").scrollHeight;
+  return div;
+}
+
+// One span per token, carrying the distribution it was drawn from (probability = exp(logprob)).
+function addTokens(bubble, text, logprobs) {
+  const tokens = (logprobs && logprobs.content) || [];
+  const joined = tokens.map((t) => t.token).join("");
+  const pieces = joined === text ? tokens.map((t) => [t.token, t]) : text ? [[text, tokens[0]]] : [];
+  for (const [piece, info] of pieces) {
+    if (!piece) continue;
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.textContent = piece;
+    if (info) {
+      const p = Math.exp(info.logprob);
+      span.style.setProperty("--p", p.toFixed(3));
+      span.dataset.p = p.toFixed(4);
+      span.dataset.top = JSON.stringify(info.top_logprobs.map((c) => [c.token, Math.exp(c.logprob)]));
+      span.dataset.token = info.token;
+      span.title = `p = ${(100 * p).toFixed(1)}%`;
+    }
+    bubble.append(span);
+  }
+}
+
+function showCandidates(span) {
+  const popup = $("token-popup");
+  if (!span || !span.dataset.top || !$("show-probs").checked) { popup.hidden = true; return; }
+  const rows = JSON.parse(span.dataset.top).map(([token, p]) =>
+    `<tr class="${token === span.dataset.token ? "chosen" : ""}"><td>${escapeHtml(JSON.stringify(token))}</td>` +
+    `<td>${(100 * p).toFixed(1)}%</td><td style="width:5em"><div class="bar" style="width:${(100 * p).toFixed(1)}%"></div></td></tr>`);
+  popup.innerHTML = `<div>chosen: <b>${escapeHtml(JSON.stringify(span.dataset.token))}</b>, p = ` +
+    `${(100 * Number(span.dataset.p)).toFixed(1)}%</div><table>${rows.join("")}</table>`;
+  const pane = $("text-pane").getBoundingClientRect(), r = span.getBoundingClientRect();
+  popup.style.left = `${Math.min(r.left - pane.left, pane.width - 240)}px`;
+  popup.style.top = `${r.bottom - pane.top + 4}px`;
+  popup.hidden = false;
+}
+
+const escapeHtml = (s) => s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+
+async function sendChat(event) {
+  event.preventDefault();
+  const text = $("chat-input").value.trim();
+  if (!text || state.abort) return;
+  $("chat-input").value = "";
+  state.chat.push({ role: "user", content: text });
+  addMessage("user", text);
+  const bubble = addMessage("assistant", "");
+  bubble.dataset.streaming = "1";
+  state.abort = new AbortController();
+  $("chat-send").disabled = true; $("chat-stop").disabled = false;
+  const body = {
+    model: $("text-model").value, messages: state.chat, stream: true, stream_options: { include_usage: true },
+    logprobs: true, top_logprobs: 5, temperature: number("temperature"), max_tokens: number("max-tokens"), seed: number("text-seed"),
+  };
+  const start = performance.now();
+  let first = null, tokens = 0, reply = "";
+  const stats = (finished) => {
+    const now = performance.now();
+    const rate = tokens > 1 && first ? (tokens - 1) / ((now - first) / 1000) : 0;
+    $("text-stats").textContent = `time to first token ${first ? ((first - start) / 1000).toFixed(2) : "–"} s · ` +
+      `${rate.toFixed(1)} tokens/s · ${tokens} tokens${finished ? ` · ${finished}` : ""}`;
+  };
+  try {
+    for await (const chunk of events("/v1/chat/completions", body, state.abort.signal)) {
+      if (chunk.usage) { tokens = chunk.usage.completion_tokens; continue; }
+      const choice = chunk.choices[0];
+      if (choice.finish_reason) { stats(`finish: ${choice.finish_reason}`); continue; }
+      const piece = choice.delta.content || "";
+      const count = choice.logprobs ? choice.logprobs.content.length : 0;
+      if (!piece && !count) continue;
+      if (first === null) first = performance.now();
+      tokens += count;
+      reply += piece;
+      addTokens(bubble, piece, choice.logprobs);
+      $("chat-log").scrollTop = $("chat-log").scrollHeight;
+      stats();
+    }
+    stats("done");
+  } catch (e) {
+    if (e.name === "AbortError") stats("stopped"); else { bubble.classList.add("error"); bubble.textContent = e.message; }
+  } finally {
+    if (reply) state.chat.push({ role: "assistant", content: reply });
+    delete bubble.dataset.streaming;
+    bubble.dataset.done = "1";
+    state.abort = null;
+    $("chat-send").disabled = false; $("chat-stop").disabled = true;
+  }
+}
+
+// ---- image pane --------------------------------------------------------------------------------
+function showFrame(i) {
+  const frame = state.frames[i];
+  if (!frame) return;
+  const view = document.querySelector("input[name=view]:checked").value;
+  $("image-preview").src = "data:image/png;base64," + (view === "xt" && frame.xt ? frame.xt : frame.x0);
+  $("image-step").textContent = frame.label;
+}
+
+async function generateImage(event) {
+  event.preventDefault();
+  const button = $("image-go");
+  button.disabled = true;
+  state.frames = [];
+  const slider = $("trajectory");
+  slider.disabled = true;
+  const body = {
+    prompt: $("image-prompt").value, model: $("image-model").value || undefined, stream: true,
+    steps: number("steps"), sampler: $("sampler").value || undefined, guidance_scale: number("guidance"), seed: number("image-seed"),
+  };
+  $("image-stats").textContent = "";
+  const start = performance.now();
+  try {
+    for await (const e of events("/v1/images/generations", body)) {
+      if (e.type === "image_generation.partial_image") {
+        state.frames.push({ x0: e.b64_json, xt: e.xt_b64_json, label: `step ${e.step}/${e.total_steps}` });
+        $("image-progress").max = e.total_steps; $("image-progress").value = e.step;
+        showFrame(state.frames.length - 1);
+        $("image-stats").textContent = `${(e.elapsed_s / e.step).toFixed(3)} s/step so far`;
+      } else if (e.type === "image_generation.completed" && e.index === 0) {
+        state.frames.push({ x0: e.b64_json, xt: e.b64_json, label: `final · seed ${e.seed}` });
+        const t = e.timings;
+        $("image-stats").textContent = `${t.s_per_step.toFixed(3)} s/step · ${t.s_per_image.toFixed(2)} s/image · ` +
+          `${t.model_calls} model calls · seed ${e.seed} · ${((performance.now() - start) / 1000).toFixed(2)} s in the browser`;
+      }
+    }
+    slider.max = Math.max(state.frames.length - 1, 0);
+    slider.value = slider.max;
+    slider.disabled = state.frames.length < 2;
+    showFrame(state.frames.length - 1);
+    $("image-preview").dataset.done = "1";
+  } catch (e) {
+    showError(e.message);
+    $("image-step").textContent = "failed: " + e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------------
+$("chat-form").addEventListener("submit", sendChat);
+$("chat-input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
+});
+$("chat-stop").addEventListener("click", () => state.abort && state.abort.abort());
+$("chat-clear").addEventListener("click", () => { state.chat = []; $("chat-log").innerHTML = ""; $("text-stats").textContent = ""; });
+$("show-probs").addEventListener("change", (e) => {
+  $("chat-log").classList.toggle("probs", e.target.checked);
+  if (!e.target.checked) $("token-popup").hidden = true;
+});
+$("chat-log").addEventListener("mouseover", (e) => showCandidates(e.target.closest(".tok")));
+$("chat-log").addEventListener("mouseleave", () => { $("token-popup").hidden = true; });
+$("image-form").addEventListener("submit", generateImage);
+$("trajectory").addEventListener("input", (e) => showFrame(Number(e.target.value)));
+document.querySelectorAll("input[name=view]").forEach((r) => r.addEventListener("change", () =>
+  showFrame($("trajectory").disabled ? state.frames.length - 1 : Number($("trajectory").value))));
+waitUntilReady();

@@ -1,0 +1,104 @@
+"""The web UI end to end: headless Debian Chromium, driven by Playwright, against a real genlab server.
+
+It types a prompt and watches the answer stream in, turns on the token-probability view,
+generates an image with live previews, scrubs the trajectory, and saves screenshots
+under the test's output folder (pytest's tmp_path, printed at the end).
+"""
+
+import base64
+import shutil
+import time
+
+import httpx
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+# Debian's chromium: Playwright cannot download its own browser here (make install puts it in place).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    assert CHROMIUM, "Debian's chromium is not installed: run `make install` (apt-get install chromium)"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("web-screenshots")
+    yield folder
+    print(f"\nweb UI screenshots: {folder}")
+
+
+def test_chat_streams_and_shows_token_probabilities(page, shots):
+    assert page.locator("#health").inner_text() == "ready"
+    page.fill("#max-tokens", "60")
+    page.fill("#text-seed", "7")
+    page.fill("#chat-input", "Name three colours and say why people like them.")
+    page.press("#chat-input", "Enter")
+    reply = page.locator(".msg.assistant").last
+    lengths, deadline = [], time.time() + 120
+    while time.time() < deadline and reply.get_attribute("data-done") is None:
+        lengths.append(len(reply.inner_text()))
+        time.sleep(0.03)
+    assert reply.get_attribute("data-done") == "1"
+    growth = sorted(set(lengths))
+    assert len(growth) >= 4, f"the text did not arrive piece by piece: {growth}"  # streamed, not in one go
+    text = reply.inner_text()
+    assert len(text) > 20 and "error" not in (reply.get_attribute("class") or "")
+    stats = page.inner_text("#text-stats")
+    assert "time to first token" in stats and "tokens/s" in stats and "done" in stats
+    page.screenshot(path=str(shots / "1-chat.png"))
+
+    page.check("#show-probs")
+    assert "probs" in page.get_attribute("#chat-log", "class")
+    tokens = reply.locator(".tok")
+    assert tokens.count() > 5
+    probabilities = [float(tokens.nth(i).get_attribute("data-p")) for i in range(tokens.count())]
+    assert all(0 < p <= 1 for p in probabilities) and min(probabilities) < 0.99  # a real distribution
+    tokens.nth(2).hover()
+    popup = page.locator("#token-popup")
+    popup.wait_for(state="visible")
+    assert popup.locator("tr").count() == 5 and "chosen" in popup.inner_text()
+    page.screenshot(path=str(shots / "2-token-probabilities.png"))
+    assert page.errors == []
+
+
+def test_image_previews_and_trajectory(page, server, shots):
+    page.fill("#image-prompt", "a red circle above a blue square")
+    page.select_option("#image-model", "shapes")
+    page.fill("#steps", "12")
+    page.fill("#image-seed", "3")
+    page.click("#image-go")
+    page.wait_for_selector("#image-preview[data-done='1']", timeout=120_000)
+    stats = page.inner_text("#image-stats")
+    assert "s/step" in stats and "s/image" in stats and "seed 3" in stats
+    slider = page.locator("#trajectory")
+    assert slider.is_enabled() and slider.get_attribute("max") == "12"  # 12 previews and the final picture
+    final = page.get_attribute("#image-preview", "src")
+    api = httpx.post(server.url + "/v1/images/generations",
+                     json={"prompt": "a red circle above a blue square", "model": "shapes", "steps": 12, "seed": 3},
+                     timeout=120).json()
+    assert final == "data:image/png;base64," + api["data"][0]["b64_json"]  # what the browser shows = the API's PNG
+    page.screenshot(path=str(shots / "3-image.png"))
+
+    slider.fill("0")  # scrub back to the first step: the model's first guess of the picture
+    assert page.inner_text("#image-step") == "step 1/12"
+    first_x0 = page.get_attribute("#image-preview", "src")
+    page.check("input[name=view][value=xt]")
+    first_xt = page.get_attribute("#image-preview", "src")
+    assert first_x0 != first_xt != final and len(base64.b64decode(first_xt.split(",")[1])) > 100
+    page.screenshot(path=str(shots / "4-trajectory-step-1-xt.png"))
+    assert page.errors == []
