@@ -35,6 +35,10 @@ def image(
     eta: Annotated[float, typer.Option(help="DDIM only: 0 = deterministic, 1 = as noisy as DDPM.")] = 0.0,
     scale: Annotated[int, typer.Option(help="Enlarge the saved PNG by this factor (nearest neighbour), e.g. 8 to see 16x16 "
                                             "digits; 1 keeps the model's size, so the PNG equals the Python API's.")] = 1,
+    adapter: Annotated[Optional[str], typer.Option(help="A LoRA adapter folder from genlab finetune image, merged into "
+                                                        "the model's UNet.")] = None,
+    adapter_scale: Annotated[float, typer.Option("--adapter-scale", help="How much of the adapter to apply: 0 = none, "
+                                                                         "1 = as trained.")] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16 (float16 for diffusers pipelines on cuda).")] = "auto",
 ):
@@ -53,7 +57,7 @@ def image(
     request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
-    gen = ImageGenerator(model or pick_model(prompt), device=device, dtype=dtype)
+    gen = ImageGenerator(model or pick_model(prompt), device=device, dtype=dtype, adapter=adapter, adapter_scale=adapter_scale)
     with step_progress(sampler or gen.default_sampler or "sampling", steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
     picture = result.images[0] if n == 1 else grid(result.images)

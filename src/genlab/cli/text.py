@@ -25,13 +25,15 @@ MaxNew = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after 
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text; repeat for several.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text. Default: random, printed with --json.")]
 System = Annotated[Optional[str], typer.Option(help="System message for chat models.")]
+AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter folder (genlab finetune text, or "
+                                                   "any PEFT LoRA for --model), merged into the weights on load.")]
 
 
-def _generator(model: str, device: str, dtype: str):
+def _generator(model: str, device: str, dtype: str, adapter: str | None = None):
     # a warm load takes ~1.5 s; the one slow case, first-use conversion, shows its own bar
     from genlab.text.generator import TextGenerator
 
-    return TextGenerator(model, device=device, dtype=dtype)
+    return TextGenerator(model, device=device, dtype=dtype, adapter=adapter)
 
 
 def _sampling(**kw):
@@ -54,6 +56,7 @@ def text(
     stop: Stop = None,
     seed: Seed = None,
     system: System = None,
+    adapter: AdapterOpt = None,
     raw: Annotated[bool, typer.Option(help="Continue the prompt as plain text instead of answering it as a chat.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, usage, timings, per-token top probabilities.")] = False,
     top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="Candidates per token in --json output (0-20).")] = 5,
@@ -66,7 +69,7 @@ def text(
     """
     params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0)
-    gen = _generator(model, device, dtype)
+    gen = _generator(model, device, dtype, adapter)
     if as_json:
         result = gen.complete(prompt, params=params, system=system, raw=raw)
         print(json.dumps(generation_json(gen, result), ensure_ascii=False, indent=1))
@@ -118,6 +121,7 @@ def chat(
     max_new_tokens: MaxNew = 512,
     seed: Seed = None,
     system: System = None,
+    adapter: AdapterOpt = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
@@ -127,7 +131,7 @@ def chat(
     """
     params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, seed=seed)
-    gen = _generator(model, device, dtype)
+    gen = _generator(model, device, dtype, adapter)
     from genlab.text.decode import DecodeStats
 
     start = [{"role": "system", "content": system}] if system else []

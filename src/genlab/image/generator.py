@@ -103,21 +103,15 @@ class ImageResult:
 
 
 class ImageGenerator:
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", adapter: str | None = None,
+                 adapter_scale: float = 1.0):
+        """`adapter`: a LoRA adapter folder (genlab finetune image), merged into the UNet with weight `adapter_scale`."""
         from ..text.engine import resolve_device
 
         self.device = resolve_device(device)
         start = time.perf_counter()
         spec = model or DEFAULT_MODEL
-        if spec in BUNDLED:
-            folder = bundled_folder(spec)
-        else:
-            folder = Path(spec).expanduser()
-            check(folder.is_dir(), f"--model must be {' or '.join(map(repr, BUNDLED))}, a genlab model folder or a diffusers "
-                  f"pipeline folder; {spec!r} is not a folder")
-            if (folder / "model").is_dir() and not (folder / "genlab.json").exists():
-                folder = folder / "model"  # the --out folder of `genlab train diffusion`
-        self.folder = folder
+        self.folder = folder = self.folder_of(spec)
         check(dtype in ("auto", "float32", "float16", "bfloat16"), f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
         # auto: float16 on a GPU, float32 on a CPU (where float16 convolutions are slow)
         self.dtype = getattr(torch, dtype) if dtype != "auto" else torch.float16 if self.device.type == "cuda" else torch.float32
@@ -135,7 +129,34 @@ class ImageGenerator:
 
             self.pipeline = None
             self._use(load_model(folder, self.device, self.dtype))
+        if adapter:
+            self._merge(spec, adapter, adapter_scale)
         self.load_s = time.perf_counter() - start
+
+    @staticmethod
+    def folder_of(spec: str) -> Path:
+        """The folder behind --model: a bundled name, a model folder, or the --out folder of a training run."""
+        if spec in BUNDLED:
+            return bundled_folder(spec)
+        folder = Path(spec).expanduser()
+        check(folder.is_dir(), f"--model must be {' or '.join(map(repr, BUNDLED))}, a genlab model folder or a diffusers "
+              f"pipeline folder; {spec!r} is not a folder")
+        if (folder / "model").is_dir() and not (folder / "genlab.json").exists():
+            folder = folder / "model"  # the --out folder of `genlab train diffusion`
+        return folder
+
+    def _merge(self, spec: str, folder: str, scale: float) -> None:
+        """LoRA: W + scale (alpha/r) B A in every adapted layer of the UNet (genlab/lora.py)."""
+        from ..lora import Adapter, merge_into
+
+        check(self.pipeline is None, "--adapter works with genlab's own models; a diffusers pipeline loads LoRA itself")
+        check(0 <= scale <= 4, f"--adapter-scale must be between 0 and 4, got {scale}")
+        lora = Adapter.load(folder)
+        base = lora.base_model
+        check(not base or base == spec or Path(base).expanduser().resolve() == Path(spec).expanduser().resolve(),
+              f"--adapter {folder!r} was trained on the {base!r} model, not {spec!r}; use --model {base}")
+        unet = self.model.unet
+        unet.load_state_dict(merge_into(unet.state_dict(), lora, scale))
 
     @classmethod
     def from_model(cls, model) -> "ImageGenerator":

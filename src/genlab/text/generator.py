@@ -34,14 +34,16 @@ class Generation:
 
 
 class TextGenerator:
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto", adapter: str | None = None):
+        """`adapter`: a LoRA adapter folder (genlab finetune text, or any PEFT LoRA for this model), merged on load."""
         from genlab.text.engine import load_language_model, pick_dtype, resolve_device
 
         t0 = time.perf_counter()
         pick_dtype(resolve_device(device), dtype)  # reject a bad device or dtype before any slow work
         self.model_name = model
+        lora = _adapter_for(model, adapter) if adapter else None
         self.folder = resolve(model)
-        self.lm = load_language_model(self.folder, device=device, dtype=dtype)
+        self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora)
         self.tokenizer = self.lm.tokenizer
         self.load_s = time.perf_counter() - t0
 
@@ -102,3 +104,20 @@ class TextGenerator:
     @property
     def num_parameters(self) -> int:
         return self.lm.num_parameters
+
+
+def _adapter_for(model: str, folder: str):
+    """Read a LoRA adapter and refuse one recorded as trained on another base model."""
+    from pathlib import Path
+
+    from genlab.lora import Adapter
+
+    adapter = Adapter.load(folder)
+    base = adapter.base_model
+
+    def same(a: str, b: str) -> bool:
+        return a == b or (Path(a).expanduser().exists() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
+
+    check(not base or same(base, model), f"--adapter {folder!r} was trained on {base!r}, not {model!r}; "
+                                         f"use --model {base}")
+    return adapter

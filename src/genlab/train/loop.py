@@ -68,18 +68,27 @@ class StepStats:
     items_per_s: float  # batch_size / seconds
 
 
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The part of the state dict that training changes: every buffer and every parameter
+    with requires_grad. That is the whole model when training from scratch, and only the
+    adapters when fine-tuning with LoRA (the frozen base is not copied into checkpoints)."""
+    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()
+            if not isinstance(v, torch.nn.Parameter) or v.requires_grad}
+
+
 class EMA:
     """An exponential moving average of the weights (Polyak averaging). Samples from the
-    average are much cleaner than from the raw weights, which jitter with every batch."""
+    average are much cleaner than from the raw weights, which jitter with every batch.
+    decay 0 keeps a plain copy of the latest weights."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.shadow = {k: v.clone() for k, v in trained_state(model).items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))  # average over fewer steps early on
-        for k, v in model.state_dict().items():
+        for k, v in trained_state(model).items():
             if v.dtype.is_floating_point:
                 self.shadow[k].lerp_(v, 1 - d)
             else:
@@ -90,7 +99,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, extra: dict | None = None):
         self.model, self.config = model, config
         self.extra = extra or {}  # saved with each checkpoint: what the caller needs to rebuild the run
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.params = [p for p in model.parameters() if p.requires_grad]  # all of them, or only LoRA's adapters
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.ema = EMA(model, config.ema_decay)
         self.generator = torch.Generator().manual_seed(config.seed)  # data, timesteps, noise: what loss_fn draws
         # Dropout draws from torch's global generator. The trainer keeps that stream's state as
@@ -112,7 +122,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.dropout_rng = torch.get_rng_state()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.optimizer.step()
             self.ema.update(self.model, self.step)
             self.step += 1
@@ -128,7 +138,7 @@ class Trainer:
 
         final = folder / f"step-{self.step:07d}"
         with atomic_dir(final) as tmp:
-            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            tensors = {f"model.{k}": v for k, v in trained_state(self.model).items()}
             tensors |= {f"ema.{k}": v for k, v in self.ema.shadow.items()}
             optim = self.optimizer.state_dict()
             for index, slots in optim["state"].items():
@@ -169,7 +179,10 @@ class Trainer:
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
         tensors = load_file(str(checkpoint / STATE_FILE))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        saved = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing = set(trained_state(model)) - set(saved)
+        check(not missing, f"{checkpoint} does not fit this model: it lacks {sorted(missing)[:3]}")
+        model.load_state_dict(saved, strict=False)
         trainer = cls(model, config, meta["extra"])
         trainer.ema.shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         state: dict[int, dict[str, torch.Tensor]] = {}

@@ -1,0 +1,136 @@
+"""LoRA fine-tuning of a diffusion model: `genlab finetune image`.
+
+    genlab finetune image --data runs/bold-digits --model digits --out runs/lora-bold
+    genlab image "7" --adapter runs/lora-bold/adapter --adapter-scale 1.0
+
+PEFT wraps the chosen layers of the denoiser's UNet (its attention and linear layers by
+default; convolutions by name, e.g. --targets all-linear,conv1,conv2), the base stays
+frozen, and the loss is the same denoising objective that trained the model from scratch
+(train/diffusion.py), with the same label dropout, so guidance keeps working. Folder
+subfolders must be class names the model already has ("0".."9" for digits).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genlab.errors import check
+from genlab.image.data import ImageData, load_images
+from genlab.store import atomic_dir
+from genlab.train.diffusion import diffusion_loss
+from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_steps
+
+
+def base_denoiser(spec: str):
+    """A class-conditional genlab diffusion model (bundled name or folder), fp32 on the CPU."""
+    from genlab.image.denoiser import load_model
+    from genlab.image.generator import ImageGenerator
+
+    folder = ImageGenerator.folder_of(spec)
+    from genlab.image.text2image import is_text2image
+
+    check(not is_text2image(folder), f"--model {spec!r} is a text-to-image model; `genlab finetune image` adapts "
+                                     "class-conditional diffusion models such as digits (captioned data is not supported yet)")
+    check((folder / "genlab.json").is_file(), f"--model {spec!r} is not a genlab diffusion model folder")
+    return load_model(folder)
+
+
+def relabel(data: ImageData, class_names: list[str], source: str) -> ImageData:
+    """Map the data's class names onto the model's label indices; unknown names are an error."""
+    if not class_names:
+        return data
+    check(data.class_names, f"--data {source!r} has no class subfolders, but the model is class-conditional: put the "
+                            f"images in subfolders named after its classes ({', '.join(class_names)})")
+    unknown = [n for n in data.class_names if n not in class_names]
+    check(not unknown, f"--data {source!r} has classes the model does not know: {', '.join(unknown)}; its classes are "
+                       f"{', '.join(class_names)}")
+    index = torch.tensor([class_names.index(n) for n in data.class_names])
+    return ImageData(data.x, index[data.labels], class_names)
+
+
+@dataclass
+class ImageLoraRun:
+    """out/checkpoints/step-N (the adapter and optimizer state), out/adapter (a PEFT folder) and out/samples."""
+
+    trainer: Trainer
+    model: torch.nn.Module  # the Denoiser, its unet wrapped by PEFT
+    data: ImageData
+    out: Path
+    options: dict
+
+    @classmethod
+    def create(cls, out: Path, options: dict) -> "ImageLoraRun":
+        data = options["data"]
+        options = dict(options, data=data if data == "digits" else str(Path(data).expanduser().resolve()))
+        return cls._build(out, options, None)
+
+    @classmethod
+    def resume(cls, out: Path, given: dict) -> "ImageLoraRun":
+        checkpoint, meta = Trainer.newest_run_checkpoint(out)
+        check(meta["extra"].get("kind") == "lora-image", f"{out} is not a `genlab finetune image` run")
+        saved = meta["extra"]["options"]
+        same = lambda key, was, now: was == now or (key == "data" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
+        steps = resume_steps(saved, given, meta["step"], same)
+        return cls._build(out, saved, (checkpoint, steps))
+
+    @classmethod
+    def _build(cls, out: Path, options: dict, resume_from) -> "ImageLoraRun":
+        from peft import get_peft_model
+
+        from genlab.lora import lora_config
+
+        model = base_denoiser(options["model"])
+        c = model.config
+        data = load_images(options["data"], c.resolution)
+        check(tuple(data.x.shape[1:]) == (c.channels, c.resolution, c.resolution),
+              f"--data images are {tuple(data.x.shape[1:])} (channels, height, width) but the model draws "
+              f"{(c.channels, c.resolution, c.resolution)}")
+        data = relabel(data, c.class_names, options["data"])
+        config = lora_config(model.unet, options["rank"], options["alpha"], options["dropout"], options["targets"])
+        torch.manual_seed(options["seed"])  # LoRA's A matrices start random (B at zero)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PEFT notes that a UNet is not a transformers model: expected
+            model.unet = get_peft_model(model.unet, config)
+        model.unet.peft_config["default"].base_model_name_or_path = options["model"]
+        train = TrainConfig(steps=options["steps"], batch_size=options["batch_size"], lr=options["lr"],
+                            warmup=max(1, options["steps"] // 10), ema_decay=0.0, seed=options["seed"])
+        if resume_from:
+            trainer = Trainer.resume(model, *resume_from)
+        else:
+            trainer = Trainer(model, train, {"kind": "lora-image", "options": options})
+        return cls(trainer, model, data, out, options)
+
+    def steps(self) -> Iterator[StepStats]:
+        schedule = self.model.config.noise_schedule()
+        loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.config.batch_size, g)  # noqa: E731
+        yield from self.trainer.run(loss)
+
+    def save(self) -> None:
+        self.trainer.save(self.out / "checkpoints")
+        with atomic_dir(self.out / "adapter") as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model.unet.save_pretrained(str(tmp))
+            (tmp / "README.md").write_text(
+                f"LoRA adapter for the {self.options['model']} diffusion model, written by `genlab finetune image` at step "
+                f"{self.trainer.step}.\nUse: genlab image PROMPT --model {self.options['model']} --adapter {self.out / 'adapter'}\n")
+
+    def sample_grid(self, path: Path, per_class: int = 4, steps: int = 20) -> None:
+        """Samples with the adapter at its current weights: one column per class, seed 0."""
+        from genlab.image.canvas import grid, save_png, upscale
+        from genlab.image.generator import ImageGenerator
+
+        model = copy.deepcopy(self.model)
+        model.unet = model.unet.merge_and_unload()
+        gen = ImageGenerator.from_model(model)
+        names = self.model.config.class_names or ["anything"]
+        columns = [gen.generate(name, n=per_class, steps=steps, seed=0) for name in names]
+        cells = [column[row] for row in range(per_class) for column in columns]
+        save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // self.model.config.resolution)), path, "sample grid")
+        self.model.train()
