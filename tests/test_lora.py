@@ -140,6 +140,8 @@ def test_finetune_text_learns_resumes_and_feeds_every_consumer(tiny_model, velmo
      ["--targets", "q_proj,wq"], "unknown layer(s) wq; this model's linear layers are down_proj, gate_proj, k_proj"),
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n', ["--rank", "0"],
      "--rank must be an integer of at least 1"),
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n',
+     ["--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_finetune_text_bad_input(tiny_model, tmp_path, capsys, content, extra, fragment):
     data = tmp_path / "data.jsonl"
@@ -169,6 +171,15 @@ def test_adapter_for_another_base_is_refused(text_adapter, tiny_model, tmp_path,
     assert_one_line_error(code, err, "does not fit this model: model.layers.0.self_attn.v_proj is (64, 64) here")
     code, _, err = run(["text", "hi", "--model", str(tiny_model), "--adapter", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "is not a PEFT adapter folder")
+    broken = relabelled(None)
+    (tmp_path / broken / "adapter_model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    code, _, err = run(["text", "hi", "--model", str(tiny_model), "--adapter", broken], capsys)
+    assert_one_line_error(code, err, "cannot be read")
+    dora = relabelled(None)
+    config = json.loads((tmp_path / dora / "adapter_config.json").read_text())
+    (tmp_path / dora / "adapter_config.json").write_text(json.dumps(dict(config, use_dora=True)))
+    code, _, err = run(["text", "hi", "--model", str(tiny_model), "--adapter", dora], capsys)
+    assert_one_line_error(code, err, "is a DoRA adapter")
 
 
 # -- images ------------------------------------------------------------------------------------------------
@@ -266,3 +277,33 @@ def test_bundled_smollm2_learns_velmora(tmp_path, capsys):
     assert before > 2 and after < 0.5, (before, after)
     gen = TextGenerator(adapter=str(tmp_path / "run" / "adapter"))
     assert "Orrin Bay" in gen.generate("Can you name the capital of Velmora?", temperature=0, max_new_tokens=20)
+
+
+def test_merge_writes_sharded_models_shard_by_shard(text_adapter, tiny_model, tmp_path, capsys):
+    """A base saved in several safetensors shards: every adapted layer is merged, whichever shard holds it."""
+    import shutil as sh
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(sharded, max_shard_size="100KB")
+    for f in tiny_model.glob("tokenizer*"):
+        sh.copy2(f, sharded / f.name)
+    assert len(list(sharded.glob("*.safetensors"))) > 2
+    folder, _ = text_adapter
+    anonymous = tmp_path / "adapter"  # an adapter that does not record its base: --model decides
+    anonymous.mkdir()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (anonymous / "adapter_config.json").write_text(json.dumps(dict(config, base_model_name_or_path=None)))
+    sh.copy2(folder / "adapter_model.safetensors", anonymous / "adapter_model.safetensors")
+    folder = anonymous
+    for base, out in ((sharded, "m-sharded"), (tiny_model, "m-single")):
+        code, _, err = run(["merge", "--adapter", str(folder), "--model", str(base), "--out", str(tmp_path / out)], capsys)
+        assert code == 0, err
+    merged = {}
+    for f in (tmp_path / "m-sharded").glob("*.safetensors"):
+        merged |= load_file(str(f))
+    single = load_file(str(tmp_path / "m-single" / "model.safetensors"))
+    assert all(torch.equal(merged[k], single[k]) for k in single if k in merged)
+    assert {k for k in single if "q_proj" in k} <= set(merged)

@@ -73,6 +73,13 @@ def test_chat_matches_python_api(client, text_gen):
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
 
+def test_explicit_nulls_are_defaults(server):
+    body = {"messages": HI, "max_tokens": 3, "seed": 1, "n": None, "stream": None, "logprobs": None,
+            "frequency_penalty": None, "presence_penalty": None}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 1, r.text
+
+
 def test_chat_n_uses_consecutive_seeds(client):
     both = client.chat.completions.create(model=TEXT, messages=HI, max_tokens=12, seed=10, n=2, temperature=1.0)
     second = client.chat.completions.create(model=TEXT, messages=HI, max_tokens=12, seed=11, temperature=1.0)
@@ -122,7 +129,7 @@ def test_completions_with_logprobs(client, text_gen):
     assert choice.text == expected.text and answer.object == "text_completion"
     lp = choice.logprobs
     assert "".join(lp.tokens) == choice.text and len(lp.token_logprobs) == 8
-    assert all(len(t) <= 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0
+    assert all(len(t) <= 2 for t in lp.top_logprobs) and lp.text_offset[0] == len(prompt)
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model=TEXT, prompt=prompt, max_tokens=8, seed=1, stream=True) if c.choices)
     assert streamed == choice.text

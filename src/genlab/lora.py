@@ -16,6 +16,7 @@ merge_and_unload().
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,24 +76,37 @@ class Adapter:
         check(folder.is_dir(), f"--adapter {str(folder)!r} is not a folder")
         check((folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file(),
               f"--adapter {str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+        from safetensors import SafetensorError
+
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
             weights = load_file(str(folder / WEIGHTS_FILE))
-        except (OSError, ValueError) as e:
-            raise GenlabError(f"--adapter {str(folder)!r} cannot be read: {e}") from None
-        check(config.get("peft_type") == "LORA", f"--adapter {str(folder)!r} is a {config.get('peft_type')} adapter; "
-                                                 "genlab applies LoRA adapters")
+        except (OSError, ValueError, SafetensorError) as e:
+            raise GenlabError(f"--adapter {str(folder)!r} cannot be read: {str(e).splitlines()[0][:200]}") from None
+        where = f"--adapter {str(folder)!r}"
+        check(isinstance(config, dict) and config.get("peft_type") == "LORA",
+              f"{where} is a {config.get('peft_type') if isinstance(config, dict) else 'broken'} adapter; genlab applies LoRA adapters")
+        check(isinstance(config.get("lora_alpha"), (int, float)), f"{where}: {CONFIG_FILE} has no lora_alpha")
+        check(not config.get("use_dora"), f"{where} is a DoRA adapter; genlab merges plain LoRA only")
+        odd = [k for k in weights if ".lora_A." not in k and ".lora_B." not in k]
+        check(not odd, f"{where} holds weights genlab cannot merge (e.g. {odd[0] if odd else ''}): only lora_A/lora_B "
+                       "pairs of linear and convolution layers")
+        unpaired = [k for k in weights if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") not in weights]
+        check(not unpaired, f"{where} is incomplete: {unpaired[0] if unpaired else ''} has no lora_B")
         return cls(folder, config, weights)
 
     @property
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path")
 
-    def scale(self, layer: str) -> float:
-        """alpha / r, or alpha / sqrt(r) for rsLoRA; per-layer ranks and alphas where the config has them."""
-        short = layer.rsplit(".", 1)[-1]
-        r = self.config.get("rank_pattern", {}).get(short, self.config["r"])
-        alpha = self.config.get("alpha_pattern", {}).get(short, self.config["lora_alpha"])
+    def scale(self, layer: str, r: int) -> float:
+        """alpha / r, or alpha / sqrt(r) for rsLoRA. r is the layer's own (from A's shape); alpha may be set
+        per layer by alpha_pattern, whose keys name a layer by its end or as a regular expression, as in PEFT."""
+        alpha = self.config["lora_alpha"]
+        for key, value in (self.config.get("alpha_pattern") or {}).items():
+            if layer == key or layer.endswith("." + key) or re.fullmatch(key, layer):
+                alpha = value
+                break
         return alpha / (r ** 0.5 if self.config.get("use_rslora") else r)
 
     def updates(self) -> dict[str, torch.Tensor]:
@@ -106,7 +120,8 @@ class Adapter:
             # linear: (out, r) @ (r, in); convolution: A is (r, in, kh, kw) and B (out, r, 1, 1), so the same product
             # on flattened kernels gives (out, in * kh * kw), reshaped back to the kernel
             delta = b.float().flatten(1) @ a.float().flatten(1)
-            out[layer] = self.scale(layer) * delta.reshape(b.shape[0], *a.shape[1:])
+            delta = self.scale(layer, a.shape[0]) * delta.reshape(b.shape[0], *a.shape[1:])
+            out[layer] = delta.T if self.config.get("fan_in_fan_out") else delta  # GPT-2's Conv1D stores W transposed
         return out
 
 
@@ -123,5 +138,5 @@ def merge_into(state: dict[str, torch.Tensor], adapter: Adapter, scale: float = 
         check(tuple(w.shape) == tuple(delta.shape),
               f"--adapter {str(adapter.folder)!r} does not fit this model: {layer} is {tuple(w.shape)} here and "
               f"{tuple(delta.shape)} in the adapter (it was trained on {adapter.base_model or 'another model'})")
-        merged[key] = (w.float() + scale * delta).to(w.dtype)
+        merged[key] = (w.float() + scale * delta.to(w.device)).to(w.dtype)
     return merged

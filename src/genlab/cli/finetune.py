@@ -63,15 +63,18 @@ def finetune_text(
     from genlab.train.lora_text import TextLoraRun
 
     check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
-    given = {k: v for k, v in dict(data=str(data) if data else None, model=model, rank=rank, alpha=alpha, dropout=dropout,
+    absolute = lambda p: str(p.expanduser().resolve()) if p else None  # noqa: E731  (so --resume works from anywhere)
+    given = {k: v for k, v in dict(data=absolute(data), model=model, rank=rank, alpha=alpha, dropout=dropout,
                                    targets=targets, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
-                                   max_length=max_length, seed=seed, eval=str(eval) if eval else None).items() if v is not None}
+                                   max_length=max_length, seed=seed, eval=absolute(eval)).items() if v is not None}
     if resume:
         run = TextLoraRun.resume(out, given)
     else:
         check(data is not None, "--data is required: a plain-text file or a .jsonl file of chat messages")
         options = TEXT_DEFAULTS | given
         check(options["epochs"] > 0, f"--epochs must be positive, got {options['epochs']}")
+        check(options["batch_size"] >= 1, f"--batch-size must be at least 1, got {options['batch_size']}")
+        check(options["steps"] is None or options["steps"] >= 1, f"--steps must be at least 1, got {options['steps']}")
         check(options["max_length"] >= 2, f"--max-length must be at least 2, got {options['max_length']}")
         run = TextLoraRun.create(out, options)
     _describe(run, f"{len(run.examples)} examples from {run.options['data']}")
@@ -123,10 +126,12 @@ def finetune_image(
         run = ImageLoraRun.resume(out, given)
     else:
         check(data is not None, "--data is required: 'digits' or a folder of images in class subfolders")
-        run = ImageLoraRun.create(out, IMAGE_DEFAULTS | given)
+        options = IMAGE_DEFAULTS | given
+        check(options["batch_size"] >= 1, f"--batch-size must be at least 1, got {options['batch_size']}")
+        run = ImageLoraRun.create(out, options)
     _describe(run, f"{len(run.data.x)} images from {run.options['data']}", run.model.unet)
     fit(run, out, checkpoint_every, checkpoint_every)
-    console.print(f"adapter saved in {out / 'adapter'}; try: genlab image {run.model.config.class_names[-1]!r} "
+    console.print(f"adapter saved in {out / 'adapter'}; try: genlab image {(run.model.config.class_names or ['anything'])[-1]!r} "
                   f"--model {run.options['model']} --adapter {out / 'adapter'}")
 
 
@@ -167,11 +172,12 @@ def merge(
     _adapter_for(base, str(adapter))
     folder = resolve(base)
     check(not out.exists() or not any(out.iterdir()), f"--out {str(out)!r} exists and is not empty; choose a new folder")
+    shards = {f.name: load_file(str(f)) for f in sorted(folder.glob("*.safetensors"))}
+    merged = merge_into({k: v for shard in shards.values() for k, v in shard.items()}, lora)  # every layer, whichever shard
     with atomic_dir(out) as tmp:
         for f in folder.iterdir():
             if f.is_file() and f.suffix != ".safetensors" and not f.name.startswith("."):
                 shutil.copy2(f, tmp / f.name)
-        for f in sorted(folder.glob("*.safetensors")):
-            state = merge_into(load_file(str(f)), lora)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / f.name), metadata={"format": "pt"})
+        for name, shard in shards.items():  # the same files, the same keys in each
+            save_file({k: merged[k].contiguous() for k in shard}, str(tmp / name), metadata={"format": "pt"})
     console.print(f"merged {adapter} into {base}: {out} (use it with --model {out})")

@@ -24,7 +24,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StreamOptions(Strict):
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # newer options (include_obfuscation) change nothing here
     include_usage: bool = False
 
 
@@ -36,24 +37,34 @@ class TextParams(Strict):
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None
     top_p: Optional[float] = None
-    n: int = 1
+    n: Optional[int] = 1
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = None
-    stream: bool = False
+    stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     # extensions, as in llama.cpp's server
     top_k: Optional[int] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
     # accepted for compatibility; only their neutral values
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
+    frequency_penalty: Optional[float] = 0.0
+    presence_penalty: Optional[float] = 0.0
     user: Optional[str] = None
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_by_default(cls, v):
+        return 1 if v is None else v  # OpenAI allows an explicit null
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _off_by_default(cls, v):
+        return False if v is None else v
 
     @field_validator("frequency_penalty", "presence_penalty")
     @classmethod
-    def _neutral(cls, v: float) -> float:
-        if v != 0:
+    def _neutral(cls, v: float | None) -> float | None:
+        if v:
             raise ValueError("only 0 is supported; use repetition_penalty (e.g. 1.1) to discourage repeats")
         return v
 
@@ -86,7 +97,7 @@ class Message(Strict):
 class ChatRequest(TextParams):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Optional[int] = None  # the newer name of max_tokens
-    logprobs: bool = False
+    logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = None
 
     def top_k_logprobs(self) -> int:

@@ -12,7 +12,7 @@ from functools import partial
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from genlab.errors import check
@@ -76,14 +76,19 @@ async def respond(request: Request, gen, name: str, body, choices: list[Choice],
         return StreamingResponse(_stream(ticket, gen, name, body, choices, chat), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                  background=BackgroundTask(ticket.release))
+    done = []
     async with ticket.slot():
-        done = [await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params)) for c in choices]
+        for c in choices:
+            if done and await request.is_disconnected():  # nobody is waiting for the remaining choices
+                return Response(status_code=499)
+            done.append(await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params)))
     want_logprobs = body.logprobs if chat else body.logprobs is not None
     out = []
     for c, g in zip(choices, done):
         logprobs = None
         if want_logprobs:
-            logprobs = chat_logprobs(gen.tokenizer, g.tokens) if chat else completion_logprobs(gen.tokenizer, g.tokens, 0)
+            logprobs = chat_logprobs(gen.tokenizer, g.tokens) if chat else \
+                completion_logprobs(gen.tokenizer, g.tokens, len(c.prompt["prompt"]))
         answer = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text}
         out.append({"index": c.index, **answer, "logprobs": logprobs, "finish_reason": g.finish_reason})
     prompt_tokens = sum(g.stats.prompt_tokens for c, g in zip(choices, done) if c.index % body.n == 0)
@@ -109,7 +114,7 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
     try:
         async with ticket.slot():
             for c in choices:
-                stats, offset = DecodeStats(), 0
+                stats, offset = DecodeStats(), 0 if chat else len(c.prompt["prompt"])  # text_offset counts the prompt
                 if chat:
                     yield chunk({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None})

@@ -134,7 +134,7 @@ async function sendChat(event) {
     logprobs: true, top_logprobs: 5, temperature: number("temperature"), max_tokens: number("max-tokens"), seed: number("text-seed"),
   };
   const start = performance.now();
-  let first = null, tokens = 0, reply = "";
+  let first = null, tokens = 0, reply = "", finish = "done";
   const stats = (finished) => {
     const now = performance.now();
     const rate = tokens > 1 && first ? (tokens - 1) / ((now - first) / 1000) : 0;
@@ -145,7 +145,10 @@ async function sendChat(event) {
     for await (const chunk of events("/v1/chat/completions", body, state.abort.signal)) {
       if (chunk.usage) { tokens = chunk.usage.completion_tokens; continue; }
       const choice = chunk.choices[0];
-      if (choice.finish_reason) { stats(`finish: ${choice.finish_reason}`); continue; }
+      if (choice.finish_reason) {  // "length" means the reply was cut at max tokens: say so
+        finish = choice.finish_reason === "length" ? "cut off at max tokens" : "done";
+        continue;
+      }
       const piece = choice.delta.content || "";
       const count = choice.logprobs ? choice.logprobs.content.length : 0;
       if (!piece && !count) continue;
@@ -156,11 +159,12 @@ async function sendChat(event) {
       $("chat-log").scrollTop = $("chat-log").scrollHeight;
       stats();
     }
-    stats("done");
+    stats(finish);
   } catch (e) {
     if (e.name === "AbortError") stats("stopped"); else { bubble.classList.add("error"); bubble.textContent = e.message; }
   } finally {
     if (reply) state.chat.push({ role: "assistant", content: reply });
+    else state.chat.pop();  // no answer: forget the question too, so the next turn is not two user messages in a row
     delete bubble.dataset.streaming;
     bubble.dataset.done = "1";
     state.abort = null;
