@@ -91,3 +91,21 @@ def test_sampled_tokens_identical_to_transformers(tiny_model, kw):
                         **hf_kw)[0, len(prompt):].tolist()
     got = [s.token_id for s in decode(engine, prompt, SamplingParams(max_new_tokens=30, **kw), seed=1234)]
     assert got == want
+
+
+def test_the_cpu_dtype_is_chosen_once_per_machine(genlab_home):
+    """`auto` picks float32 or a half type by timing matmuls; a busy moment must not change that choice
+    between runs (the same seed would give other text), so the answer is kept in GENLAB_HOME."""
+    import json
+
+    from genlab.text import engine
+
+    engine.fastest_cpu_dtype.cache_clear()
+    first = engine.fastest_cpu_dtype()
+    saved = json.loads((genlab_home / "cpu_dtype.json").read_text())
+    assert engine.DTYPES[saved["dtype"]] == first and "torch" in saved["key"]
+    engine.fastest_cpu_dtype.cache_clear()
+    (genlab_home / "cpu_dtype.json").write_text(json.dumps(dict(saved, dtype="bfloat16")))
+    assert engine.fastest_cpu_dtype() == torch.bfloat16  # read back, not measured again
+    (genlab_home / "cpu_dtype.json").write_text(json.dumps(saved))
+    engine.fastest_cpu_dtype.cache_clear()
