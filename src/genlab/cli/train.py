@@ -148,3 +148,47 @@ def text2image(
     fit(run, out, checkpoint_every, sample_every)
     console.print(f"model saved in {out / 'model'}; try: genlab image 'a red circle above a blue square' --model {out}")
 
+
+
+LM_DEFAULTS = {"data": "pydoc", "vocab_size": 4096, "context": 128, "width": 256, "layers": 4, "heads": 4, "steps": 2000,
+               "batch_size": 16, "lr": 3e-3, "seed": 0}
+
+
+@train_app.command()
+def lm(
+    data: Annotated[Optional[str], typer.Option(help="'pydoc' (Python's own documentation, shipped with Python) or a UTF-8 "
+                                                     "text file; the last tenth is held out. [default: pydoc]")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (use it with genlab text --model).")] = Path("runs/lm"),
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="BPE vocabulary trained on the data. [default: 4096]")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Tokens per training window (and the model's context). [default: 128]")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Model width. [default: 256]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Transformer blocks. [default: 4]")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Attention heads. [default: 4]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 2000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Windows per step. [default: 16]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 3e-3]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every window drawn. [default: 0]")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Write sample texts and perplexity every N steps; 0 = never.")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
+):
+    """Train a small GPT (a Llama-shaped decoder) from scratch, with its own BPE tokenizer.
+
+    Example: genlab train lm --data pydoc --steps 2000 --out runs/lm
+    Then:    genlab text "The for statement" --model runs/lm/model --raw
+    """
+    from genlab.train.lm import LmRun
+
+    _check_every(checkpoint_every, sample_every)
+    given = {k: v for k, v in dict(data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads,
+                                   steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    if "data" in given and given["data"] != "pydoc":
+        given["data"] = str(Path(given["data"]).expanduser().resolve())  # so --resume works from anywhere
+    run = LmRun.resume(out, given) if resume else LmRun.create(out, LM_DEFAULTS | given)
+    n = sum(p.numel() for p in run.model.parameters())
+    console.print(f"{len(run.train_ids):,} training tokens, {len(run.held_out_ids):,} held out · vocabulary "
+                  f"{run.tokenizer.get_vocab_size()} · GPT {n / 1e6:.2f}M parameters · "
+                  + ("resuming" if resume else "training") + f" at step {run.trainer.step} of {run.trainer.config.steps}")
+    fit(run, out, checkpoint_every, sample_every)
+    console.print(f"held-out perplexity {run.held_out_perplexity():.2f}; model saved in {out / 'model'}; try: "
+                  f"genlab text 'The for statement' --model {out / 'model'} --raw")

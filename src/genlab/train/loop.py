@@ -145,7 +145,12 @@ class Trainer:
                 tensors |= {f"optim.{index}.{name}": v for name, v in slots.items()}
             tensors["generator"] = self.generator.get_state()
             tensors["dropout_rng"] = self.dropout_rng
-            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / STATE_FILE))
+            seen: set[int] = set()
+            for k, v in tensors.items():  # tied weights (an LM's embedding and output layer) are one tensor
+                v = v.detach().contiguous()  # under two names; safetensors wants each stored on its own
+                tensors[k] = v.clone() if v.data_ptr() in seen else v
+                seen.add(v.data_ptr())
+            save_file(tensors, str(tmp / STATE_FILE))
             meta = {"step": self.step, "config": dataclasses.asdict(self.config), "extra": self.extra,
                     "param_groups": optim["param_groups"]}
             (tmp / TRAINER_FILE).write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,171 @@
+"""A small GPT trained from scratch: `genlab train lm`.
+
+    genlab train lm --data pydoc --out runs/lm        # Python's own documentation, offline
+    genlab text "The for statement" --model runs/lm/model --raw
+
+The text is split once (the last tenth held out), a byte-level BPE tokenizer is trained on
+the training part with the `tokenizers` library, and a Llama-shaped decoder (RMSNorm, RoPE,
+SwiGLU: the architecture genlab's own engine decodes) learns next-token prediction on random
+windows of it. The model folder is an ordinary Hugging Face folder, so `genlab text`,
+the server and transformers all read it. Held-out perplexity, exp(mean cross-entropy per
+token), is reported at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genlab.errors import GenlabError, check
+from genlab.store import atomic_dir
+from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_steps
+
+EOS = "<|endoftext|>"
+HELD_OUT = 0.1  # the last tenth of the text
+
+
+def read_corpus(source: str) -> str:
+    """'pydoc' (Python's own documentation topics, shipped with Python) or a UTF-8 text file."""
+    if source == "pydoc":
+        from pydoc_data.topics import topics
+
+        return "\n\n".join(topics[k] for k in sorted(topics))
+    path = Path(source).expanduser()
+    check(path.is_file(), f"--data must be 'pydoc' or a text file; {source!r} is neither")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenlabError(f"--data {source!r} cannot be read as UTF-8 text: {e}") from None
+    check(len(text.strip()) >= 1000, f"--data {source!r} has {len(text.strip())} characters; give at least 1000")
+    return text
+
+
+def split(text: str) -> tuple[str, str]:
+    cut = int(len(text) * (1 - HELD_OUT))
+    return text[:cut], text[cut:]
+
+
+def train_tokenizer(text: str, vocab_size: int):
+    """Byte-level BPE (as GPT-2's): any text encodes, and merges are learned from this corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text.split("\n\n"), trainer)
+    return tok
+
+
+def build_model(vocab_size: int, context: int, width: int, layers: int, heads: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    check(width % heads == 0, f"--width {width} must be a multiple of --heads {heads}")
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=int(8 * width / 3) // 64 * 64 or 64,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=context, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                         rms_norm_eps=1e-5)
+    return LlamaForCausalLM(config)
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, context: int, batch: int = 16) -> float:
+    """exp(mean next-token cross-entropy) over consecutive windows of `ids`."""
+    windows = ids[: (len(ids) - 1) // context * context + 1]
+    starts = list(range(0, len(windows) - 1, context))
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch):
+        x = torch.stack([windows[s:s + context + 1] for s in starts[i:i + batch] if s + context + 1 <= len(windows)])
+        logits = model(input_ids=x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
+        total, count = total + float(loss), count + x[:, 1:].numel()
+    model.train(was)
+    return math.exp(total / max(count, 1))
+
+
+@dataclass
+class LmRun:
+    """out/checkpoints/step-N, out/model (a Hugging Face folder with its tokenizer) and out/samples."""
+
+    trainer: Trainer
+    model: torch.nn.Module
+    tokenizer: object
+    train_ids: torch.Tensor
+    held_out_ids: torch.Tensor
+    out: Path
+    options: dict
+
+    @classmethod
+    def create(cls, out: Path, options: dict) -> "LmRun":
+        return cls._build(out, options, None)
+
+    @classmethod
+    def resume(cls, out: Path, given: dict) -> "LmRun":
+        checkpoint, meta = Trainer.newest_run_checkpoint(out)
+        check(meta["extra"].get("kind") == "lm", f"{out} is not a `genlab train lm` run")
+        steps = resume_steps(meta["extra"]["options"], given, meta["step"])
+        return cls._build(out, meta["extra"]["options"], (checkpoint, steps))
+
+    @classmethod
+    def _build(cls, out: Path, o: dict, resume_from) -> "LmRun":
+        check(o["context"] >= 8, f"--context must be at least 8, got {o['context']}")
+        check(256 + 1 <= o["vocab_size"] <= 65536, f"--vocab-size must be between 257 and 65536, got {o['vocab_size']}")
+        train_text, held_text = split(read_corpus(o["data"]))
+        tokenizer = train_tokenizer(train_text, o["vocab_size"])  # deterministic: the same merges on resume
+        train_ids = torch.tensor(tokenizer.encode(train_text).ids)
+        held_ids = torch.tensor(tokenizer.encode(held_text).ids)
+        check(len(train_ids) > o["context"] + 1, f"--data is too short for --context {o['context']}")
+        torch.manual_seed(o["seed"])  # the initial weights
+        model = build_model(tokenizer.get_vocab_size(), o["context"], o["width"], o["layers"], o["heads"])
+        config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=max(1, o["steps"] // 20),
+                             weight_decay=0.1, ema_decay=0.0, seed=o["seed"])
+        trainer = Trainer.resume(model, *resume_from) if resume_from else Trainer(model, config, {"kind": "lm", "options": o})
+        return cls(trainer, model, tokenizer, train_ids, held_ids, out, o)
+
+    def steps(self) -> Iterator[StepStats]:
+        T, B = self.options["context"], self.trainer.config.batch_size
+
+        def loss(model, g: torch.Generator) -> torch.Tensor:
+            starts = torch.randint(len(self.train_ids) - T, (B,), generator=g)
+            x = torch.stack([self.train_ids[s:s + T] for s in starts.tolist()])  # (B, T)
+            return model(input_ids=x, labels=x).loss  # transformers shifts the labels: position t predicts token t+1
+
+        yield from self.trainer.run(loss)
+
+    def held_out_perplexity(self) -> float:
+        return perplexity(self.model, self.held_out_ids, self.options["context"])
+
+    def save(self) -> None:
+        self.trainer.save(self.out / "checkpoints")
+        with atomic_dir(self.out / "model") as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save(str(tmp / "tokenizer.json"))
+            (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS, "bos_token": None,
+                                                                    "model_max_length": self.options["context"]}))
+            (tmp / "genlab-train.json").write_text(json.dumps({"step": self.trainer.step, "options": self.options,
+                                                               "held_out_perplexity": self.held_out_perplexity()}))
+
+    def sample_grid(self, path: Path, prompts=("The for statement", "Exceptions are"), tokens: int = 40) -> None:
+        """Sampled continuations (temperature 0.8, seed 0) written as text next to the checkpoints."""
+        was = self.model.training
+        self.model.eval()
+        lines = [f"held-out perplexity {self.held_out_perplexity():.2f}\n"]
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = self.tokenizer.encode(prompt).ids
+                for _ in range(tokens):
+                    logits = self.model(input_ids=torch.tensor([ids[-self.options["context"]:]])).logits[0, -1]
+                    ids.append(int(torch.multinomial((logits / 0.8).softmax(-1), 1, generator=g)))
+                lines.append(self.tokenizer.decode(ids) + "\n")
+        self.model.train(was)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".txt").write_text("\n".join(lines))
