@@ -23,7 +23,7 @@ import torch
 
 from genlab.errors import GenlabError, check
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_steps
+from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_run
 
 EOS = "<|endoftext|>"
 HELD_OUT = 0.1  # the last tenth of the text
@@ -109,10 +109,7 @@ class LmRun:
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "LmRun":
-        checkpoint, meta = Trainer.newest_run_checkpoint(out)
-        check(meta["extra"].get("kind") == "lm", f"{out} is not a `genlab train lm` run")
-        steps = resume_steps(meta["extra"]["options"], given, meta["step"])
-        return cls._build(out, meta["extra"]["options"], (checkpoint, steps))
+        return cls._build(out, *resume_run(out, "lm", "genlab train lm", given))
 
     @classmethod
     def _build(cls, out: Path, o: dict, resume_from) -> "LmRun":

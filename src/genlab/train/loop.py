@@ -214,3 +214,13 @@ def resume_steps(saved: dict, given: dict, done: int, same=lambda key, saved, gi
     check(steps is None or steps > done, f"--steps must be more than the {done} steps already done, got {steps}")
     return steps
 
+
+
+def resume_run(out: Path, kind: str, command: str, given: dict, same=None) -> tuple[dict, tuple[Path, int | None]]:
+    """For runs that keep their CLI options in the checkpoint (extra = {"kind", "options"}): the saved
+    options and (checkpoint, new total steps or None), after checking the run's kind and the options given again."""
+    checkpoint, meta = Trainer.newest_run_checkpoint(out)
+    check(meta["extra"].get("kind") == kind, f"{out} is not a `{command}` run")
+    options = meta["extra"]["options"]
+    steps = resume_steps(options, given, meta["step"], *([same] if same else []))
+    return options, (checkpoint, steps)

@@ -24,7 +24,7 @@ from genlab.errors import check
 from genlab.image.data import ImageData, load_images
 from genlab.store import atomic_dir
 from genlab.train.diffusion import diffusion_loss
-from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_steps
+from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_run
 
 
 def base_denoiser(spec: str):
@@ -72,12 +72,8 @@ class ImageLoraRun:
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "ImageLoraRun":
-        checkpoint, meta = Trainer.newest_run_checkpoint(out)
-        check(meta["extra"].get("kind") == "lora-image", f"{out} is not a `genlab finetune image` run")
-        saved = meta["extra"]["options"]
         same = lambda key, was, now: was == now or (key == "data" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        steps = resume_steps(saved, given, meta["step"], same)
-        return cls._build(out, saved, (checkpoint, steps))
+        return cls._build(out, *resume_run(out, "lora-image", "genlab finetune image", given, same))
 
     @classmethod
     def _build(cls, out: Path, options: dict, resume_from) -> "ImageLoraRun":

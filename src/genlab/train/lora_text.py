@@ -24,7 +24,7 @@ import torch
 
 from genlab.errors import GenlabError, check
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_steps
+from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_run
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
@@ -164,10 +164,7 @@ class TextLoraRun:
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "TextLoraRun":
-        checkpoint, meta = Trainer.newest_run_checkpoint(out)
-        check(meta["extra"].get("kind") == "lora-text", f"{out} is not a `genlab finetune text` run")
-        steps = resume_steps(meta["extra"]["options"], given, meta["step"])
-        return cls._build(out, meta["extra"]["options"], (checkpoint, steps))
+        return cls._build(out, *resume_run(out, "lora-text", "genlab finetune text", given))
 
     @classmethod
     def _build(cls, out: Path, options: dict, resume_from) -> "TextLoraRun":
