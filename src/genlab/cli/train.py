@@ -150,7 +150,7 @@ def text2image(
 
 
 
-LM_DEFAULTS = {"data": "pydoc", "vocab_size": 4096, "context": 128, "width": 256, "layers": 4, "heads": 4, "steps": 2000,
+LM_DEFAULTS = {"data": "pydoc", "vocab_size": 4096, "context": 128, "width": 256, "layers": 4, "heads": 4, "steps": 500,
                "batch_size": 16, "lr": 3e-3, "seed": 0}
 
 
@@ -164,7 +164,7 @@ def lm(
     width: Annotated[Optional[int], typer.Option(help="Model width. [default: 256]")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Transformer blocks. [default: 4]")] = None,
     heads: Annotated[Optional[int], typer.Option(help="Attention heads. [default: 4]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 2000]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 500]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Windows per step. [default: 16]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 3e-3]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every window drawn. [default: 0]")] = None,
@@ -174,7 +174,7 @@ def lm(
 ):
     """Train a small GPT (a Llama-shaped decoder) from scratch, with its own BPE tokenizer.
 
-    Example: genlab train lm --data pydoc --steps 2000 --out runs/lm
+    Example: genlab train lm --data pydoc --steps 500 --out runs/lm
     Then:    genlab text "The for statement" --model runs/lm/model --raw
     """
     from genlab.train.lm import LmRun

@@ -141,6 +141,9 @@ class LmRun:
         return perplexity(self.model, self.held_out_ids, self.options["context"])
 
     def save(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # genlab's own bar is running
         self.trainer.save(self.out / "checkpoints")
         with atomic_dir(self.out / "model") as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
