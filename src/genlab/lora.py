@@ -95,6 +95,20 @@ class Adapter:
         check(not unpaired, f"{where} is incomplete: {unpaired[0] if unpaired else ''} has no lora_B")
         return cls(folder, config, weights)
 
+    @classmethod
+    def for_model(cls, folder: str | Path, model: str) -> "Adapter":
+        """Load, refusing an adapter recorded as trained on another base model."""
+        return cls.load(folder).check_base(model)
+
+    def check_base(self, model: str) -> "Adapter":
+        """Refuse `model` unless the adapter records no base, or this one (the same name, or the same folder)."""
+        base = self.base_model
+        if base and base != model:
+            here, there = Path(base).expanduser(), Path(model).expanduser()
+            check(here.exists() and here.resolve() == there.resolve(),
+                  f"--adapter {str(self.folder)!r} was trained on {base!r}, not {model!r}; use --model {base}")
+        return self
+
     @property
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path")

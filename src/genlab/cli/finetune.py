@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from genlab.cli import app
-from genlab.cli.train import fit
+from genlab.cli.train import check_every, fit
 from genlab.progress import console
 
 finetune_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model with LoRA adapters (the base stays frozen).")
@@ -62,7 +62,7 @@ def finetune_text(
     from genlab.errors import check
     from genlab.train.lora_text import TextLoraRun
 
-    check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    check_every(checkpoint_every, checkpoint_every)
     absolute = lambda p: str(p.expanduser().resolve()) if p else None  # noqa: E731  (so --resume works from anywhere)
     given = {k: v for k, v in dict(data=absolute(data), model=model, rank=rank, alpha=alpha, dropout=dropout,
                                    targets=targets, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
@@ -119,16 +119,15 @@ def finetune_image(
     from genlab.errors import check
     from genlab.train.lora_image import ImageLoraRun
 
-    check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
-    given = {k: v for k, v in dict(data=data, model=model, rank=rank, alpha=alpha, dropout=dropout, targets=targets,
+    check_every(checkpoint_every, checkpoint_every)
+    folder = data if data in (None, "digits") else str(Path(data).expanduser().resolve())  # so --resume works from anywhere
+    given = {k: v for k, v in dict(data=folder, model=model, rank=rank, alpha=alpha, dropout=dropout, targets=targets,
                                    steps=steps, lr=lr, batch_size=batch_size, seed=seed).items() if v is not None}
     if resume:
         run = ImageLoraRun.resume(out, given)
     else:
         check(data is not None, "--data is required: 'digits' or a folder of images in class subfolders")
-        options = IMAGE_DEFAULTS | given
-        check(options["batch_size"] >= 1, f"--batch-size must be at least 1, got {options['batch_size']}")
-        run = ImageLoraRun.create(out, options)
+        run = ImageLoraRun.create(out, IMAGE_DEFAULTS | given)  # TrainConfig checks the numbers
     _describe(run, f"{len(run.data.x)} images from {run.options['data']}", run.model.unet)
     fit(run, out, checkpoint_every, checkpoint_every)
     console.print(f"adapter saved in {out / 'adapter'}; try: genlab image {(run.model.config.class_names or ['anything'])[-1]!r} "
@@ -163,13 +162,12 @@ def merge(
     from genlab.errors import check
     from genlab.lora import Adapter, merge_into
     from genlab.store import atomic_dir
-    from genlab.text.generator import _adapter_for
     from genlab.text.sources import resolve
 
     lora = Adapter.load(adapter)
     base = model or lora.base_model
     check(base, f"--adapter {str(adapter)!r} does not record its base model; give --model")
-    _adapter_for(base, str(adapter))
+    lora.check_base(base)
     folder = resolve(base)
     check(not out.exists() or not any(out.iterdir()), f"--out {str(out)!r} exists and is not empty; choose a new folder")
     shards = {f.name: load_file(str(f)) for f in sorted(folder.glob("*.safetensors"))}

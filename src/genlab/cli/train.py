@@ -47,7 +47,7 @@ def diffusion(
     """
     from genlab.train.diffusion import DiffusionRun
 
-    _check_every(checkpoint_every, sample_every)
+    check_every(checkpoint_every, sample_every)
     given = {k: v for k, v in dict(data=data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
                                    prediction=prediction, schedule=schedule, dropout=dropout).items() if v is not None}
     if resume:
@@ -76,7 +76,7 @@ def fit(run, out: Path, checkpoint_every: int, sample_every: int) -> None:
                 run.sample_grid(out / "samples" / f"step-{s.step:07d}.png")
 
 
-def _check_every(checkpoint_every: int, sample_every: int) -> None:
+def check_every(checkpoint_every: int, sample_every: int) -> None:
     from genlab.errors import check
 
     check(checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {checkpoint_every}")
@@ -104,7 +104,7 @@ def vae(
     """
     from genlab.train.text2image import VaeRun
 
-    _check_every(checkpoint_every, sample_every)
+    check_every(checkpoint_every, sample_every)
     given = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     run = VaeRun.resume(out, given) if resume else VaeRun.create(out, VAE_DEFAULTS | given)
     n = sum(p.numel() for p in run.vae.parameters())
@@ -135,7 +135,7 @@ def text2image(
     from genlab.errors import check
     from genlab.train.text2image import Text2ImageRun
 
-    _check_every(checkpoint_every, sample_every)
+    check_every(checkpoint_every, sample_every)
     check(images is None or images >= 1, f"--images must be at least 1, got {images}")
     given = {k: v for k, v in dict(vae=vae, images=images, steps=steps, batch_size=batch_size, lr=lr, seed=seed).items()
              if v is not None}
@@ -179,7 +179,7 @@ def lm(
     """
     from genlab.train.lm import LmRun
 
-    _check_every(checkpoint_every, sample_every)
+    check_every(checkpoint_every, sample_every)
     given = {k: v for k, v in dict(data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads,
                                    steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     if "data" in given and given["data"] != "pydoc":

@@ -151,10 +151,7 @@ class ImageGenerator:
 
         check(self.pipeline is None, "--adapter works with genlab's own models; a diffusers pipeline loads LoRA itself")
         check(0 <= scale <= 4, f"--adapter-scale must be between 0 and 4, got {scale}")
-        lora = Adapter.load(folder)
-        base = lora.base_model
-        check(not base or base == spec or Path(base).expanduser().resolve() == Path(spec).expanduser().resolve(),
-              f"--adapter {folder!r} was trained on the {base!r} model, not {spec!r}; use --model {base}")
+        lora = Adapter.for_model(folder, spec)
         unet = self.model.unet
         unet.load_state_dict(merge_into(unet.state_dict(), lora, scale))
 

@@ -102,6 +102,16 @@ def sse(payload: dict | str) -> str:
 DONE = sse("[DONE]")
 
 
+def event_stream(events: AsyncIterator[str], ticket: Ticket):
+    """The HTTP response for a stream of SSE events. The ticket is released when the events end,
+    and once more (harmlessly) after the response, in case the client left before they began."""
+    from fastapi.responses import StreamingResponse
+    from starlette.background import BackgroundTask
+
+    return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(ticket.release),
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def error_event(e: Exception, **extra) -> str:
     """A failure after a stream has started (its 200 headers are gone): OpenAI's error shape, as an event."""
     from genlab.errors import GenlabError

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from genlab import __version__
 from genlab.errors import GenlabError, check
 from genlab.image.generator import BUNDLED as IMAGE_BUNDLED
 from genlab.server.admission import Admission
@@ -134,7 +135,7 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
             threading.Thread(target=app.state.models.load, name="genlab-load", daemon=True).start()
         yield
 
-    app = FastAPI(title="genlab", version=_version(), docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="genlab", version=__version__, docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.config = config
     app.state.models = Models(config)
     app.state.admission = Admission(config.concurrency, config.queue)
@@ -196,12 +197,6 @@ def _model_cards(models: Models) -> list[dict]:
                         default_guidance=gen.config.guidance)
         cards.append(card)
     return cards
-
-
-def _version() -> str:
-    from genlab import __version__
-
-    return __version__
 
 
 def _errors(app: FastAPI) -> None:

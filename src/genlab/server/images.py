@@ -18,12 +18,10 @@ import time
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 
 from genlab.errors import check
 from genlab.image.generator import ImageRequest, pick_model
-from genlab.server.admission import DONE, error_event, in_thread, sse
+from genlab.server.admission import DONE, error_event, event_stream, in_thread, sse
 from genlab.server.protocol import ImagesRequest, now
 
 router = APIRouter()
@@ -55,9 +53,7 @@ async def generations(body: ImagesRequest, request: Request):
         check(not body.stream, "stream needs a genlab model; a diffusers pipeline answers in one piece")
     ticket = request.app.state.admission.ticket()
     if body.stream:
-        return StreamingResponse(_stream(ticket, gen, job, body.partial_images), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(ticket.release))
+        return event_stream(_stream(ticket, gen, job, body.partial_images), ticket)
     async with ticket.slot():
         result = await anyio.to_thread.run_sync(gen.run, job)
         data = [{"b64_json": png_b64(im), "revised_prompt": body.prompt} for im in result.images]

@@ -101,8 +101,12 @@ class ChatRequest(TextParams):
     top_logprobs: Optional[int] = None
 
     def top_k_logprobs(self) -> int:
+        """How many candidates to report per token (validated)."""
         check(self.top_logprobs is None or self.logprobs, "top_logprobs needs logprobs: true")
         return (self.top_logprobs or 0) if self.logprobs else 0
+
+    def wants_logprobs(self) -> bool:
+        return bool(self.logprobs)
 
     def token_limit(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -127,6 +131,18 @@ class CompletionRequest(TextParams):
         if v:
             raise ValueError("suffix (fill-in-the-middle) is not supported")
         return v
+
+    def top_k_logprobs(self) -> int:
+        """How many candidates to report per token (validated)."""
+        top = self.logprobs or 0
+        check(0 <= top <= 5, f"logprobs must be between 0 and 5 for completions, got {top}")
+        return top
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None  # logprobs: 0 still reports each chosen token's logprob
+
+    def token_limit(self) -> Optional[int]:
+        return self.max_tokens
 
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt

@@ -12,11 +12,11 @@ from functools import partial
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import Response
 
+from genlab import __version__
 from genlab.errors import check
-from genlab.server.admission import DONE, error_event, in_thread, sse
+from genlab.server.admission import DONE, error_event, event_stream, in_thread, sse
 from genlab.server.protocol import (ChatRequest, CompletionRequest, chat_logprobs, completion_logprobs, new_id, now,
                                     usage)
 from genlab.text.decode import DecodeStats
@@ -24,6 +24,7 @@ from genlab.text.sampling import SamplingParams
 
 router = APIRouter()
 MAX_CHOICES = 16
+FINGERPRINT = f"genlab-{__version__}"
 
 
 @dataclass
@@ -38,11 +39,10 @@ class Choice:
 def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None) -> list[Choice]:
     """Validate everything before any work starts, so bad input is a 400 and never half a stream."""
     check(1 <= body.n <= MAX_CHOICES, f"n must be between 1 and {MAX_CHOICES}, got {body.n}")
-    requested = body.token_limit() if isinstance(body, ChatRequest) else body.max_tokens
+    requested = body.token_limit()
     check(requested is None or requested <= limit,
           f"max_tokens must be at most {limit} on this server (its --max-tokens), got {requested}")
-    top = body.top_k_logprobs() if isinstance(body, ChatRequest) else (body.logprobs or 0)
-    check(isinstance(body, ChatRequest) or top <= 5, f"logprobs must be between 0 and 5 for completions, got {top}")
+    top = body.top_k_logprobs()
     choices = []
     for p, prompt in enumerate(prompts):
         ids = gen.prompt_ids(**prompt)
@@ -73,27 +73,21 @@ async def completions(body: CompletionRequest, request: Request):
 async def respond(request: Request, gen, name: str, body, choices: list[Choice], chat: bool):
     ticket = request.app.state.admission.ticket()
     if body.stream:
-        return StreamingResponse(_stream(ticket, gen, name, body, choices, chat), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(ticket.release))
+        return event_stream(_stream(ticket, gen, name, body, choices, chat), ticket)
     done = []
     async with ticket.slot():
         for c in choices:
             if done and await request.is_disconnected():  # nobody is waiting for the remaining choices
                 return Response(status_code=499)
             done.append(await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params)))
-    want_logprobs = body.logprobs if chat else body.logprobs is not None
     out = []
     for c, g in zip(choices, done):
-        logprobs = None
-        if want_logprobs:
-            logprobs = chat_logprobs(gen.tokenizer, g.tokens) if chat else \
-                completion_logprobs(gen.tokenizer, g.tokens, len(c.prompt["prompt"]))
+        logprobs = _logprobs(gen, body, c, g.tokens, chat, 0)
         answer = {"message": {"role": "assistant", "content": g.text}} if chat else {"text": g.text}
         out.append({"index": c.index, **answer, "logprobs": logprobs, "finish_reason": g.finish_reason})
     prompt_tokens = sum(g.stats.prompt_tokens for c, g in zip(choices, done) if c.index % body.n == 0)
     return {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion" if chat else "text_completion",
-            "created": now(), "model": name, "system_fingerprint": _fingerprint(), "choices": out,
+            "created": now(), "model": name, "system_fingerprint": FINGERPRINT, "choices": out,
             "usage": usage(prompt_tokens, sum(g.stats.completion_tokens for g in done)),
             "seed": body.seed,
             "timings": _timings(done[0].stats)}
@@ -104,26 +98,22 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
     cid, created = new_id("chatcmpl" if chat else "cmpl"), now()
     kind = "chat.completion.chunk" if chat else "text_completion"
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    want_logprobs = body.logprobs if chat else body.logprobs is not None
 
     def chunk(choice: dict | None, **extra) -> str:
-        return sse({"id": cid, "object": kind, "created": created, "model": name, "system_fingerprint": _fingerprint(),
+        return sse({"id": cid, "object": kind, "created": created, "model": name, "system_fingerprint": FINGERPRINT,
                     "choices": [choice] if choice else [], **extra})
 
     prompt_tokens = completion_tokens = 0
     try:
         async with ticket.slot():
             for c in choices:
-                stats, offset = DecodeStats(), 0 if chat else len(c.prompt["prompt"])  # text_offset counts the prompt
+                stats, offset = DecodeStats(), 0  # characters of this choice's text already sent
                 if chat:
                     yield chunk({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None})
                 finish = "length"
                 async for piece in in_thread(gen.stream(**c.prompt, params=c.params, stats=stats)):
-                    logprobs = None
-                    if want_logprobs and piece.tokens:
-                        logprobs = chat_logprobs(gen.tokenizer, piece.tokens) if chat else \
-                            completion_logprobs(gen.tokenizer, piece.tokens, offset)
+                    logprobs = _logprobs(gen, body, c, piece.tokens, chat, offset) if piece.tokens else None
                     offset += len(piece.text)
                     finish = piece.finish_reason or finish
                     if piece.text or logprobs:
@@ -140,13 +130,17 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
     yield DONE
 
 
+def _logprobs(gen, body, choice: Choice, tokens, chat: bool, offset: int) -> dict | None:
+    """The choice's logprobs in the route's format, or None when the request did not ask.
+    `offset`: characters of the answer before these tokens (the legacy text_offset also counts the prompt)."""
+    if not body.wants_logprobs():
+        return None
+    if chat:
+        return chat_logprobs(gen.tokenizer, tokens)
+    return completion_logprobs(gen.tokenizer, tokens, len(choice.prompt["prompt"]) + offset)
+
+
 def _timings(stats: DecodeStats) -> dict:
     """genlab's extension, as llama.cpp's server reports: the cost of one choice."""
     return {"prompt_tokens": stats.prompt_tokens, "ttft_s": round(stats.ttft_s, 4), "total_s": round(stats.total_s, 4),
             "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2), "seed": stats.seed}
-
-
-def _fingerprint() -> str:
-    from genlab import __version__
-
-    return f"genlab-{__version__}"

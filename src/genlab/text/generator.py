@@ -41,7 +41,9 @@ class TextGenerator:
         t0 = time.perf_counter()
         pick_dtype(resolve_device(device), dtype)  # reject a bad device or dtype before any slow work
         self.model_name = model
-        lora = _adapter_for(model, adapter) if adapter else None
+        from genlab.lora import Adapter
+
+        lora = Adapter.for_model(adapter, model) if adapter else None
         self.folder = resolve(model)
         self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora)
         self.tokenizer = self.lm.tokenizer
@@ -104,20 +106,3 @@ class TextGenerator:
     @property
     def num_parameters(self) -> int:
         return self.lm.num_parameters
-
-
-def _adapter_for(model: str, folder: str):
-    """Read a LoRA adapter and refuse one recorded as trained on another base model."""
-    from pathlib import Path
-
-    from genlab.lora import Adapter
-
-    adapter = Adapter.load(folder)
-    base = adapter.base_model
-
-    def same(a: str, b: str) -> bool:
-        return a == b or (Path(a).expanduser().exists() and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
-
-    check(not base or same(base, model), f"--adapter {folder!r} was trained on {base!r}, not {model!r}; "
-                                         f"use --model {base}")
-    return adapter

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from genlab.errors import GenlabError, check
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_run
+from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
 
 EOS = "<|endoftext|>"
 HELD_OUT = 0.1  # the last tenth of the text
@@ -83,7 +83,7 @@ def perplexity(model, ids: torch.Tensor, context: int, batch: int = 16) -> float
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(starts), batch):
-        x = torch.stack([windows[s:s + context + 1] for s in starts[i:i + batch] if s + context + 1 <= len(windows)])
+        x = torch.stack([windows[s:s + context + 1] for s in starts[i:i + batch]])  # (b, context + 1)
         logits = model(input_ids=x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
         total, count = total + float(loss), count + x[:, 1:].numel()
@@ -102,6 +102,7 @@ class LmRun:
     held_out_ids: torch.Tensor
     out: Path
     options: dict
+    _perplexity: tuple = field(default=(None, 0.0), init=False, repr=False)  # (step, held-out perplexity there)
 
     @classmethod
     def create(cls, out: Path, options: dict) -> "LmRun":
@@ -124,7 +125,7 @@ class LmRun:
         model = build_model(tokenizer.get_vocab_size(), o["context"], o["width"], o["layers"], o["heads"])
         config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=max(1, o["steps"] // 20),
                              weight_decay=0.1, ema_decay=0.0, seed=o["seed"])
-        trainer = Trainer.resume(model, *resume_from) if resume_from else Trainer(model, config, {"kind": "lm", "options": o})
+        trainer = options_trainer(model, config, "lm", o, resume_from)
         return cls(trainer, model, tokenizer, train_ids, held_ids, out, o)
 
     def steps(self) -> Iterator[StepStats]:
@@ -138,7 +139,10 @@ class LmRun:
         yield from self.trainer.run(loss)
 
     def held_out_perplexity(self) -> float:
-        return perplexity(self.model, self.held_out_ids, self.options["context"])
+        """Measured once per step reached: save() and sample_grid() both report it at a checkpoint."""
+        if self._perplexity[0] != self.trainer.step:
+            self._perplexity = (self.trainer.step, perplexity(self.model, self.held_out_ids, self.options["context"]))
+        return self._perplexity[1]
 
     def save(self) -> None:
         from transformers.utils import logging as hf_logging

@@ -216,11 +216,20 @@ def resume_steps(saved: dict, given: dict, done: int, same=lambda key, saved, gi
 
 
 
-def resume_run(out: Path, kind: str, command: str, given: dict, same=None) -> tuple[dict, tuple[Path, int | None]]:
+def options_trainer(model: torch.nn.Module, config: TrainConfig, kind: str, options: dict,
+                    resume_from: tuple[Path, int | None] | None) -> Trainer:
+    """A Trainer for a run that keeps its CLI options in its checkpoints (read back by resume_run):
+    a new one, or the one saved at resume_from = (checkpoint, new total steps or None)."""
+    if resume_from:
+        return Trainer.resume(model, *resume_from)
+    return Trainer(model, config, {"kind": kind, "options": options})
+
+
+def resume_run(out: Path, kind: str, command: str, given: dict) -> tuple[dict, tuple[Path, int | None]]:
     """For runs that keep their CLI options in the checkpoint (extra = {"kind", "options"}): the saved
     options and (checkpoint, new total steps or None), after checking the run's kind and the options given again."""
     checkpoint, meta = Trainer.newest_run_checkpoint(out)
     check(meta["extra"].get("kind") == kind, f"{out} is not a `{command}` run")
     options = meta["extra"]["options"]
-    steps = resume_steps(options, given, meta["step"], *([same] if same else []))
+    steps = resume_steps(options, given, meta["step"])
     return options, (checkpoint, steps)

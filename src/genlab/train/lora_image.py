@@ -24,7 +24,7 @@ from genlab.errors import check
 from genlab.image.data import ImageData, load_images
 from genlab.store import atomic_dir
 from genlab.train.diffusion import diffusion_loss
-from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_run
+from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
 
 
 def base_denoiser(spec: str):
@@ -66,14 +66,12 @@ class ImageLoraRun:
 
     @classmethod
     def create(cls, out: Path, options: dict) -> "ImageLoraRun":
-        data = options["data"]
-        options = dict(options, data=data if data == "digits" else str(Path(data).expanduser().resolve()))
+        """A new run; options["data"] is 'digits' or an absolute folder path (so --resume works from anywhere)."""
         return cls._build(out, options, None)
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "ImageLoraRun":
-        same = lambda key, was, now: was == now or (key == "data" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        return cls._build(out, *resume_run(out, "lora-image", "genlab finetune image", given, same))
+        return cls._build(out, *resume_run(out, "lora-image", "genlab finetune image", given))
 
     @classmethod
     def _build(cls, out: Path, options: dict, resume_from) -> "ImageLoraRun":
@@ -96,10 +94,7 @@ class ImageLoraRun:
         model.unet.peft_config["default"].base_model_name_or_path = options["model"]
         train = TrainConfig(steps=options["steps"], batch_size=options["batch_size"], lr=options["lr"],
                             warmup=max(1, options["steps"] // 10), ema_decay=0.0, seed=options["seed"])
-        if resume_from:
-            trainer = Trainer.resume(model, *resume_from)
-        else:
-            trainer = Trainer(model, train, {"kind": "lora-image", "options": options})
+        trainer = options_trainer(model, train, "lora-image", options, resume_from)
         return cls(trainer, model, data, out, options)
 
     def steps(self) -> Iterator[StepStats]:

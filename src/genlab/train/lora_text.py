@@ -24,7 +24,7 @@ import torch
 
 from genlab.errors import GenlabError, check
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, Trainer, TrainConfig, resume_run
+from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
@@ -187,11 +187,7 @@ class TextLoraRun:
         model.peft_config["default"].base_model_name_or_path = options["model"]
         train = TrainConfig(steps=steps, batch_size=options["batch_size"], lr=options["lr"], warmup=max(1, steps // 10),
                             ema_decay=0.0, seed=options["seed"])
-        extra = {"kind": "lora-text", "options": options}
-        if resume_from:
-            trainer = Trainer.resume(model, resume_from[0], resume_from[1])
-        else:
-            trainer = Trainer(model, train, extra)
+        trainer = options_trainer(model, train, "lora-text", options, resume_from)
         return cls(trainer, model, tokenizer, examples, held_out, out, options)
 
     @property
