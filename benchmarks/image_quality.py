@@ -30,29 +30,8 @@ import torch  # noqa: E402
 
 from genlab.eval.digits import DigitClassifier, accuracy, fid, real_floor  # noqa: E402
 from genlab.image.data import digits  # noqa: E402
-from genlab.image.generator import ImageGenerator, guided  # noqa: E402
-from genlab.image.samplers import SAMPLERS, make_plan  # noqa: E402
-
-
-@torch.inference_mode()
-def sample(gen: ImageGenerator, sampler: str, steps: int, labels: torch.Tensor, guidance: float, seed: int, batch: int):
-    """The same loop as ImageGenerator.stream, batched over many labels at once.
-    Returns the images and the model calls per batch (heun skips some corrections)."""
-    c, out, calls = gen.config, [], [0]
-    g = torch.Generator().manual_seed(seed)
-    plan = make_plan(sampler, gen.schedule, steps, c.prediction)
-    for chunk in labels.split(batch):
-        x = torch.randn((len(chunk), c.channels, c.resolution, c.resolution), generator=g)
-        denoise = guided(gen.model, {"labels": chunk}, gen.model.null_condition(len(chunk)), guidance, gen.dtype)
-
-        def counted(xt, t):
-            calls[0] += 1
-            return denoise(xt, t)
-
-        for step in SAMPLERS[sampler](counted, x, plan, generator=g):
-            x = step.xt
-        out.append(x.float())
-    return torch.cat(out), calls[0] // len(labels.split(batch))
+from genlab.image.generator import ImageGenerator  # noqa: E402
+from genlab.image.samplers import SAMPLERS  # noqa: E402
 
 
 def main():
@@ -87,7 +66,7 @@ def main():
             if steps > 100 and sampler not in args.long_samplers:
                 continue
             start = time.perf_counter()
-            x, calls = sample(gen, sampler, steps, labels, args.guidance, seed=1, batch=args.batch)
+            x, calls = gen.class_samples(labels, steps, sampler, args.guidance, seed=1, batch=args.batch)
             seconds = time.perf_counter() - start
             row = {"sampler": sampler, "steps": steps, "model_calls": calls,
                    "fid": fid(clf.features(x), held_feats), "accuracy": accuracy(clf, x, labels), "seconds": seconds}

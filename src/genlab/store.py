@@ -80,3 +80,20 @@ def manifest_ok(folder: Path) -> bool:
         return all(fingerprint(folder / name) == fp for name, fp in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def weights_folder(name: str) -> Path:
+    """Where a model genlab trained itself ships: genlab/weights/<name> inside the installed package."""
+    from importlib import resources
+
+    return Path(str(resources.files("genlab") / "weights" / name))
+
+
+def bundled_weights(name: str, command: str) -> Path:
+    """A shipped model's folder, or one clear error naming the command that builds it."""
+    from .errors import check
+
+    folder = weights_folder(name)
+    check(folder.is_dir() and any(folder.glob("*.json")),
+          f"the bundled model {name!r} is missing from {folder}; build it with `{command}` and copy its model/ folder there")
+    return folder

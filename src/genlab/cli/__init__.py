@@ -23,7 +23,7 @@ app = typer.Typer(
     help="genlab: text and image generative models, side by side, on an ordinary machine.",
 )
 
-train_app = typer.Typer(no_args_is_help=True, help="Train a model from scratch (diffusion, ...).")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model from scratch: images (diffusion, gan, ar-image, vae + text2image) or text (lm, diffusion-lm). Every trainer also runs under torchrun --nproc_per_node N (DDP).")
 app.add_typer(train_app, name="train")
 
 
@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="genlab", standalone_mode=False)
-    except _click_errors() as e:  # unknown option, missing argument, a value of the wrong type
-        _fail(e.format_message())
+    except _click_errors() as e:  # unknown option or command, missing argument, a value of the wrong type
+        message, ctx = e.format_message(), getattr(e, "ctx", None)
+        if message.startswith("No such command") and ctx is not None and hasattr(ctx.command, "list_commands"):
+            message += f" Choose one of: {', '.join(ctx.command.list_commands(ctx))}."  # e.g. an unknown family to train
+        _fail(message)
     except GenlabError as e:
         _fail(str(e))
     except typer.Exit as e:
@@ -76,4 +79,4 @@ def _fail(message: str) -> None:
 
 
 # register the subcommands (after `app` exists)
-from genlab.cli import demo, finetune, image, imagine, serve, text, train  # noqa: E402,F401
+from genlab.cli import compare, demo, finetune, image, imagine, serve, text, train  # noqa: E402,F401

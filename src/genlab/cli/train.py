@@ -64,15 +64,24 @@ def diffusion(
 
 
 def fit(run, out: Path, checkpoint_every: int, sample_every: int) -> None:
-    """Drive a run's step generator: the progress bar, checkpoints and sample grids (every trainer's loop)."""
-    total, smooth = run.trainer.config.steps, None
+    """Drive a run's step generator: the progress bar, the log, checkpoints and sample grids (every
+    trainer's loop). Under torchrun all ranks step and checkpoint together; rank 0 alone writes."""
+    from genlab.train.loop import TrainLog
+
+    total, smooth, main = run.trainer.config.steps, None, run.trainer.rank == 0
+    log = TrainLog(out / "log.jsonl", run.trainer.step)
     with step_progress("training", total, start=run.trainer.step) as update:
         for s in run.steps():
             smooth = s.loss if smooth is None else 0.98 * smooth + 0.02 * s.loss
             update(s.step, f"loss {smooth:.4f} · {1 / s.seconds:.1f} it/s · lr {s.lr:.1e}")
+            log.add({"step": s.step, "loss": s.loss, "seconds": s.seconds} | getattr(run, "parts", {}))
             if s.step % checkpoint_every == 0 or s.step == total:
-                run.save()
-            if sample_every and (s.step % sample_every == 0 or s.step == total):
+                if main:
+                    log.flush()  # first: a run may copy its curve into model/
+                    run.save()
+                else:
+                    run.trainer.save(out / "checkpoints")  # its share of the checkpoint: its random streams
+            if main and sample_every and (s.step % sample_every == 0 or s.step == total):
                 run.sample_grid(out / "samples" / f"step-{s.step:07d}.png")
 
 
@@ -150,6 +159,119 @@ def text2image(
 
 
 
+GAN_DEFAULTS = {"data": "digits", "resolution": None, "latent": 64, "width": 64, "loss": "hinge", "steps": 2000,
+                "batch_size": 64, "lr": 2e-4, "d_lr_scale": 1.0, "mode_seeking": 0.3, "ema": 0.999, "seed": 0}
+
+
+@train_app.command()
+def gan(
+    data: Annotated[Optional[str], typer.Option(help="'digits' or a folder of images (subfolders become classes). [default: digits]")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/, log.jsonl (both losses per step) and model/.")] = Path("runs/gan"),
+    resolution: Annotated[Optional[int], typer.Option(help="Image side, a power of two (digits: default 16, as the diffusion model).")] = None,
+    latent: Annotated[Optional[int], typer.Option(help="Length of the noise vector z. [default: 64]")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Channels of the largest feature maps. [default: 64]")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="hinge, or non-saturating (the original GAN loss with -log D for G). [default: hinge]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total (each moves both networks); with --resume, "
+                                                      "a larger total extends the run. [default: 2000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Real images per step. [default: 64]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="The generator's peak learning rate (Adam, beta1 0.5). [default: 2e-4]")] = None,
+    d_lr_scale: Annotated[Optional[float], typer.Option("--d-lr-scale", help="The discriminator's learning rate over the "
+                                                        "generator's (TTUR). [default: 1]")] = None,
+    mode_seeking: Annotated[Optional[float], typer.Option("--mode-seeking", help="Weight of the mode-seeking term: G pays when "
+                                                          "two noises give the same image (0 = off). [default: 0.3]")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights that model/ keeps; 0 keeps the last weights. "
+                                                    "[default: 0.999]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every draw. [default: 0]")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Save a grid of samples every N steps; 0 = never.")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
+):
+    """Train a class-conditional GAN (DCGAN generator, spectral-norm projection discriminator).
+
+    One network evaluation per image, against diffusion's many. The losses of both players
+    are logged at every step (log.jsonl), so instability shows.
+
+    Example: genlab train gan --out runs/gan
+    """
+    from genlab.errors import check
+    from genlab.train.gan import GanRun
+
+    check_every(checkpoint_every, sample_every)
+    check(ema is None or 0 <= ema < 1, f"--ema must be in [0, 1), got {ema}")
+    check(d_lr_scale is None or d_lr_scale > 0, f"--d-lr-scale must be positive, got {d_lr_scale}")
+    check(mode_seeking is None or mode_seeking >= 0, f"--mode-seeking must be 0 or more, got {mode_seeking}")
+    given = {k: v for k, v in dict(data=data, resolution=resolution, latent=latent, width=width, loss=loss, steps=steps,
+                                   batch_size=batch_size, lr=lr, d_lr_scale=d_lr_scale, mode_seeking=mode_seeking, ema=ema,
+                                   seed=seed).items()
+             if v is not None}
+    given = absolute_data(given)
+    run = GanRun.resume(out, given) if resume else GanRun.create(out, GAN_DEFAULTS | given)
+    g, d = (sum(p.numel() for p in net.parameters()) for net in (run.gan.generator, run.gan.discriminator))
+    c = run.gan.config
+    console.print(f"{len(run.data.x)} images of {c.channels}x{c.resolution}x{c.resolution} · generator {g / 1e6:.2f}M, "
+                  f"discriminator {d / 1e6:.2f}M parameters · {c.loss} loss · " + ("resuming" if resume else "training")
+                  + f" at step {run.trainer.step} of {run.trainer.config.steps}")
+    fit(run, out, checkpoint_every, sample_every)
+    console.print(f"generator saved in {out / 'model'}; losses per step in {out / 'log.jsonl'}")
+
+
+AR_IMAGE_DEFAULTS = {"data": "digits", "resolution": 8, "levels": 17, "width": 128, "layers": 4, "heads": 4, "steps": 500,
+                     "batch_size": 64, "lr": 2e-3, "ema": 0.999, "seed": 0}
+
+
+@train_app.command("ar-image")
+def ar_image(
+    data: Annotated[Optional[str], typer.Option(help="'digits' or a folder of greyscale images (subfolders become classes). "
+                                                     "[default: digits]")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/, log.jsonl and model/.")] = Path("runs/ar-image"),
+    resolution: Annotated[Optional[int], typer.Option(help="Image side; the sequence is side x side pixels. [default: 8, "
+                                                           "the digits' own]")] = None,
+    levels: Annotated[Optional[int], typer.Option(help="Grey levels each pixel is quantised to (the vocabulary). "
+                                                       "[default: 17, lossless for the digits]")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Model width. [default: 128]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Transformer blocks. [default: 4]")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Attention heads. [default: 4]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 500]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step. [default: 64]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 2e-3]")] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights model/ keeps; 0 keeps the last weights. [default: 0.999]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every draw. [default: 0]")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 500,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Save samples and held-out bits/dim every N steps; 0 = never.")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
+):
+    """Train an autoregressive image model (ImageGPT): a GPT over quantised pixels, one pixel per step.
+
+    The same decoder as `genlab train lm`, over [class word, pixel 1..64]. It reports the
+    exact held-out negative log-likelihood in bits per pixel.
+
+    Example: genlab train ar-image --out runs/ar-image
+    """
+    from genlab.errors import check
+    from genlab.train.ar_image import ArImageRun
+
+    check_every(checkpoint_every, sample_every)
+    check(ema is None or 0 <= ema < 1, f"--ema must be in [0, 1), got {ema}")
+    check(resolution is None or 2 <= resolution <= 32, f"--resolution must be between 2 and 32 (the sequence is its square), got {resolution}")
+    given = {k: v for k, v in dict(data=data, resolution=resolution, levels=levels, width=width, layers=layers, heads=heads,
+                                   steps=steps, batch_size=batch_size, lr=lr, ema=ema, seed=seed).items() if v is not None}
+    given = absolute_data(given)
+    run = ArImageRun.resume(out, given) if resume else ArImageRun.create(out, AR_IMAGE_DEFAULTS | given)
+    n, gpt = sum(p.numel() for p in run.gpt.model.parameters()), run.gpt
+    console.print(f"{len(run.data.x)} images ({len(run.held_out.x)} held out) as {gpt.side * gpt.side} pixels of "
+                  f"{gpt.levels} levels · GPT {n / 1e6:.2f}M parameters · " + ("resuming" if resume else "training")
+                  + f" at step {run.trainer.step} of {run.trainer.config.steps}")
+    fit(run, out, checkpoint_every, sample_every)
+    console.print(f"held-out NLL {run.held_out_bits():.3f} bits/dim; model saved in {out / 'model'}")
+
+
+def absolute_data(given: dict, named: tuple[str, ...] = ("digits", "pydoc")) -> dict:
+    """--data as an absolute path (unless it names a built-in set), so --resume works from any folder."""
+    if given.get("data") not in (None, *named):
+        given = given | {"data": str(Path(given["data"]).expanduser().resolve())}
+    return given
+
+
 LM_DEFAULTS = {"data": "pydoc", "vocab_size": 4096, "context": 128, "width": 256, "layers": 4, "heads": 4, "steps": 500,
                "batch_size": 16, "lr": 3e-3, "seed": 0}
 
@@ -182,8 +304,7 @@ def lm(
     check_every(checkpoint_every, sample_every)
     given = {k: v for k, v in dict(data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads,
                                    steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    if "data" in given and given["data"] != "pydoc":
-        given["data"] = str(Path(given["data"]).expanduser().resolve())  # so --resume works from anywhere
+    given = absolute_data(given)
     run = LmRun.resume(out, given) if resume else LmRun.create(out, LM_DEFAULTS | given)
     n = sum(p.numel() for p in run.model.parameters())
     console.print(f"{len(run.train_ids):,} training tokens, {len(run.held_out_ids):,} held out · vocabulary "
@@ -192,3 +313,52 @@ def lm(
     fit(run, out, checkpoint_every, sample_every)
     console.print(f"held-out perplexity {run.held_out_perplexity():.2f}; model saved in {out / 'model'}; try: "
                   f"genlab text 'The for statement' --model {out / 'model'} --raw")
+
+
+DIFFUSION_LM_DEFAULTS = LM_DEFAULTS | {"steps": 2000}
+
+
+@train_app.command("diffusion-lm")
+def diffusion_lm(
+    data: Annotated[Optional[str], typer.Option(help="'pydoc' (Python's own documentation, shipped with Python) or a UTF-8 "
+                                                     "text file; the last tenth is held out. [default: pydoc]")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (load it with "
+                                           "genlab.train.diffusion_lm.DiffusionLm.load).")] = Path("runs/diffusion-lm"),
+    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="BPE vocabulary trained on the data (as "
+                                                                           "`genlab train lm`'s), plus one MASK id. [default: 4096]")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Tokens per training window (and the model's context). [default: 128]")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Model width. [default: 256]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Transformer blocks. [default: 4]")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Attention heads. [default: 4]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. "
+                                                      f"[default: {DIFFUSION_LM_DEFAULTS['steps']}]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Windows per step. [default: 16]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 3e-3]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every window, t and mask drawn. [default: 0]")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a checkpoint and model/ every N steps.")] = 250,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Write sample texts and the perplexity bound every N "
+                                                                     "steps; 0 = never.")] = 250,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit.")] = False,
+):
+    """Train a masked-diffusion LM (MDLM): the GPT of `genlab train lm` made bidirectional, on the same data.
+
+    Training masks each token with a random probability t and teaches the model to guess the masked ones;
+    sampling starts from all MASKs and reveals tokens over a number of steps, in any order.
+
+    Example: genlab train diffusion-lm --data pydoc --out runs/diffusion-lm
+    It reports a held-out perplexity bound, comparable with `genlab train lm`'s held-out perplexity.
+    """
+    from genlab.train.diffusion_lm import DiffusionLmRun
+
+    check_every(checkpoint_every, sample_every)
+    given = {k: v for k, v in dict(data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads,
+                                   steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    given = absolute_data(given)
+    run = DiffusionLmRun.resume(out, given) if resume else DiffusionLmRun.create(out, DIFFUSION_LM_DEFAULTS | given)
+    n = sum(p.numel() for p in run.model.parameters())
+    console.print(f"{len(run.train_ids):,} training tokens, {len(run.held_out_ids):,} held out · vocabulary "
+                  f"{run.tokenizer.get_vocab_size()} + MASK · diffusion LM {n / 1e6:.2f}M parameters · "
+                  + ("resuming" if resume else "training") + f" at step {run.trainer.step} of {run.trainer.config.steps}")
+    fit(run, out, checkpoint_every, sample_every)
+    console.print(f"held-out perplexity bound {run.held_out_perplexity_bound():.2f} (an upper bound); model saved in "
+                  f"{out / 'model'}; samples in {out / 'samples'}")

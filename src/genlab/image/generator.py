@@ -17,12 +17,12 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..errors import check
+from ..store import bundled_weights, weights_folder
 from .canvas import open_image, read_image, read_mask, to_pil
 from .denoiser import parse_prompt  # noqa: F401  (part of this module's API)
 from .samplers import SAMPLERS, SampleStep, make_plan
@@ -46,13 +46,13 @@ def pick_model(prompt: str) -> str:
 
 
 def _weights_folder(name: str) -> Path:
-    return Path(str(resources.files("genlab") / "weights" / BUNDLED[name]))
+    return weights_folder(BUNDLED[name])
 
 
 def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
-    folder = _weights_folder(name)
-    check(folder.is_dir(), f"the {name!r} model is not in this copy of genlab ({folder} is missing)")
-    return folder
+    command = {"digits": "genlab train diffusion --steps 5000 --out runs/digits",
+               "shapes": "genlab train vae, then genlab train text2image"}.get(name, "genlab train")
+    return bundled_weights(BUNDLED[name], command)
 
 
 @dataclass
@@ -220,6 +220,30 @@ class ImageGenerator:
         for step in SAMPLERS[sampler](counted, x, plan, generator=g, keep=keep, eta=request.eta):
             step.calls = calls[0]
             yield step
+
+    @torch.inference_mode()
+    def class_samples(self, labels: torch.Tensor, steps: int = 20, sampler: str | None = None, guidance: float | None = None,
+                      seed: int = 0, batch: int = 500) -> tuple[torch.Tensor, int]:
+        """Many class-conditional samples at once, for evaluation: the loop of stream(), batched over
+        `labels` (indices into the model's classes). Returns (N, C, H, W) images in [-1, 1] and the
+        network evaluations per image (Heun skips some corrections, so it is not always 2 x steps)."""
+        c, out, calls = self.config, [], [0]
+        sampler = sampler or self.default_sampler
+        guidance = self.config.guidance if guidance is None else guidance
+        g = torch.Generator().manual_seed(seed)
+        plan = make_plan(sampler, self.schedule, steps, c.prediction)
+        for chunk in labels.split(batch):
+            x = torch.randn((len(chunk), *self.model.sample_shape), generator=g)
+            denoise = guided(self.model, {"labels": chunk}, self.model.null_condition(len(chunk)), guidance, self.dtype)
+
+            def counted(xt, t):
+                calls[0] += 1
+                return denoise(xt, t)
+
+            for step in SAMPLERS[sampler](counted, x, plan, generator=g):
+                x = step.xt
+            out.append(self.model.decode(x).float())
+        return torch.cat(out), calls[0] // len(labels.split(batch))
 
     def guidance(self, request: ImageRequest) -> float:
         """The request's guidance scale, or the model's own default (genlab.json's "guidance")."""

@@ -81,7 +81,7 @@ def fastest_cpu_dtype() -> torch.dtype:
 
     from genlab.store import atomic_write_bytes, genlab_home
 
-    key = f"{_cpu_model()}|torch {torch.__version__}"
+    key = f"{cpu_model()}|torch {torch.__version__}"
     cache = genlab_home() / "cpu_dtype.json"
     try:
         saved = json.loads(cache.read_text())
@@ -110,7 +110,7 @@ def fastest_cpu_dtype() -> torch.dtype:
     return best
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     import platform
 
     try:

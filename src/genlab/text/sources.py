@@ -66,6 +66,8 @@ def resolve(spec: str) -> Path:
         raise GenlabError(f"--model is empty; accepted: {accepted()}")
     if spec in BUNDLED:
         return converted_gguf(bundled_file(spec))
+    if spec in TRAINED_BY_GENLAB:
+        return trained_by_genlab(spec)
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -73,6 +75,9 @@ def resolve(spec: str) -> Path:
         return converted_gguf(path)
     if path.is_dir():
         missing = [n for n in ("config.json", "tokenizer.json") if not (path / n).is_file()]
+        not_text = not_a_text_model(path)
+        if not_text:
+            raise GenlabError(f"{spec} is {not_text}, not a model that writes text left to right")
         if missing or not any(path.glob("*.safetensors")):
             raise GenlabError(
                 f"{spec} is not a Hugging Face model folder: it needs config.json, tokenizer.json and *.safetensors"
@@ -86,8 +91,33 @@ def resolve(spec: str) -> Path:
     raise GenlabError(f"unknown model {spec!r}; accepted: {accepted()}")
 
 
+def not_a_text_model(folder: Path) -> str | None:
+    """genlab's other transformer folders look like Llama models but must not be decoded as text."""
+    for name, kinds in (("genlab-train.json", {"diffusion-lm": "a masked-diffusion LM (sample it with "
+                                                               "genlab.train.diffusion_lm.DiffusionLm)"}),
+                        ("genlab.json", {"ar-image": "an autoregressive image model (genlab.image.pixel_gpt.PixelGpt)",
+                                         "gan": "a GAN (genlab.image.gan.Gan)"})):
+        try:
+            kind = json.loads((folder / name).read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind in kinds:
+            return kinds[kind]
+    return None
+
+
 def accepted() -> str:
-    return f"{', '.join(BUNDLED)}, a .gguf file, a Hugging Face model folder, or a hub id like owner/name"
+    return f"{', '.join([*BUNDLED, *TRAINED_BY_GENLAB])}, a .gguf file, a Hugging Face model folder, or a hub id like owner/name"
+
+
+# Text models genlab trained itself and ships in genlab/weights (see the README next to each).
+TRAINED_BY_GENLAB = {"pydoc-gpt": "genlab train lm --out runs/lm"}
+
+
+def trained_by_genlab(name: str) -> Path:
+    from genlab.store import bundled_weights
+
+    return bundled_weights(name, TRAINED_BY_GENLAB[name])
 
 
 def offline() -> bool:

@@ -14,6 +14,7 @@ model that classifier-free guidance needs.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,7 @@ class DiffusionRun:
 
     def steps(self) -> Iterator[StepStats]:
         schedule = self.model.config.noise_schedule()
-        loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.config.batch_size, g)  # noqa: E731
+        loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.batch, g)  # noqa: E731
         yield from self.trainer.run(loss)
 
     def save(self) -> Path:
@@ -125,6 +126,8 @@ class DiffusionRun:
         path = self.trainer.save(self.out / "checkpoints")
         with atomic_dir(self.out / "model") as tmp:
             save_model(self.model, tmp, self.trainer.ema.shadow)
+            (tmp / "genlab-train.json").write_text(json.dumps({"step": self.trainer.step,
+                                                               "train_seconds": round(self.trainer.seconds, 1)}))
         return path
 
     def sample_grid(self, path: Path, per_class: int = 4, steps: int = 20):

@@ -74,6 +74,27 @@ def build_model(vocab_size: int, context: int, width: int, layers: int, heads: i
     return LlamaForCausalLM(config)
 
 
+def tokenized_corpus(o: dict):
+    """(tokenizer, training ids, held-out ids) for a run's options (data, vocab_size, context), checked.
+    The tokenizer is trained on the training part only, deterministically: a resumed run, or the
+    masked-diffusion LM on the same data, gets the same merges and ids."""
+    check(o["context"] >= 8, f"--context must be at least 8, got {o['context']}")
+    check(256 + 1 <= o["vocab_size"] <= 65536, f"--vocab-size must be between 257 and 65536, got {o['vocab_size']}")
+    train_text, held_text = split(read_corpus(o["data"]))
+    tokenizer = train_tokenizer(train_text, o["vocab_size"])
+    train_ids = torch.tensor(tokenizer.encode(train_text).ids)
+    held_ids = torch.tensor(tokenizer.encode(held_text).ids)
+    check(len(train_ids) > o["context"] + 1, f"--data is too short for --context {o['context']}")
+    check(len(held_ids) >= o["context"], f"--data's held-out tenth has {len(held_ids)} tokens, fewer than --context {o['context']}")
+    return tokenizer, train_ids, held_ids
+
+
+def random_windows(ids: torch.Tensor, length: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(batch, length) windows of `ids` at random starts: one training batch."""
+    starts = torch.randint(len(ids) - length, (batch,), generator=generator)
+    return torch.stack([ids[s:s + length] for s in starts.tolist()])
+
+
 @torch.no_grad()
 def perplexity(model, ids: torch.Tensor, context: int, batch: int = 16) -> float:
     """exp(mean next-token cross-entropy) over consecutive windows of `ids`."""
@@ -114,13 +135,7 @@ class LmRun:
 
     @classmethod
     def _build(cls, out: Path, o: dict, resume_from) -> "LmRun":
-        check(o["context"] >= 8, f"--context must be at least 8, got {o['context']}")
-        check(256 + 1 <= o["vocab_size"] <= 65536, f"--vocab-size must be between 257 and 65536, got {o['vocab_size']}")
-        train_text, held_text = split(read_corpus(o["data"]))
-        tokenizer = train_tokenizer(train_text, o["vocab_size"])  # deterministic: the same merges on resume
-        train_ids = torch.tensor(tokenizer.encode(train_text).ids)
-        held_ids = torch.tensor(tokenizer.encode(held_text).ids)
-        check(len(train_ids) > o["context"] + 1, f"--data is too short for --context {o['context']}")
+        tokenizer, train_ids, held_ids = tokenized_corpus(o)
         torch.manual_seed(o["seed"])  # the initial weights
         model = build_model(tokenizer.get_vocab_size(), o["context"], o["width"], o["layers"], o["heads"])
         config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=max(1, o["steps"] // 20),
@@ -129,11 +144,10 @@ class LmRun:
         return cls(trainer, model, tokenizer, train_ids, held_ids, out, o)
 
     def steps(self) -> Iterator[StepStats]:
-        T, B = self.options["context"], self.trainer.config.batch_size
+        T, B = self.options["context"], self.trainer.batch
 
         def loss(model, g: torch.Generator) -> torch.Tensor:
-            starts = torch.randint(len(self.train_ids) - T, (B,), generator=g)
-            x = torch.stack([self.train_ids[s:s + T] for s in starts.tolist()])  # (B, T)
+            x = random_windows(self.train_ids, T, B, g)  # (B, T)
             return model(input_ids=x, labels=x).loss  # transformers shifts the labels: position t predicts token t+1
 
         yield from self.trainer.run(loss)
@@ -155,6 +169,7 @@ class LmRun:
             (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS, "bos_token": None,
                                                                     "model_max_length": self.options["context"]}))
             (tmp / "genlab-train.json").write_text(json.dumps({"step": self.trainer.step, "options": self.options,
+                                                               "train_seconds": round(self.trainer.seconds, 1),
                                                                "held_out_perplexity": self.held_out_perplexity()}))
 
     def sample_grid(self, path: Path, prompts=("The for statement", "Exceptions are"), tokens: int = 40) -> None:

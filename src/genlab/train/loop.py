@@ -13,6 +13,9 @@ Every random draw goes through `trainer.generator`, and a checkpoint holds the w
 the EMA, the optimizer moments and that generator's state, so a resumed run continues
 bit for bit: `Trainer.resume(model, folder)` then `run()` gives the same weights as a
 run that was never stopped.
+
+Under torchrun the same loop trains on several processes: each draws its share of the
+batch (`trainer.batch`) and the gradients are averaged after backward (distributed.py).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import torch
 
 from ..errors import check
 from ..store import atomic_dir
+from . import distributed
 
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
+RANK_STRIDE = 7919  # rank r's random streams start from seed + r * RANK_STRIDE
 
 
 @dataclass
@@ -44,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays; GANs use beta1 = 0.5 (Radford et al. 2016)
 
     def __post_init__(self):
         check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
@@ -100,51 +106,83 @@ class Trainer:
         self.model, self.config = model, config
         self.extra = extra or {}  # saved with each checkpoint: what the caller needs to rebuild the run
         self.params = [p for p in model.parameters() if p.requires_grad]  # all of them, or only LoRA's adapters
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # A model may ask for a different learning rate per part (a GAN's discriminator learns faster): lr_groups()
+        # -> [(parameters, multiplier), ...]. Most models have one group at the run's learning rate.
+        groups = model.lr_groups() if hasattr(model, "lr_groups") else [(self.params, 1.0)]
+        self.optimizer = torch.optim.AdamW([{"params": [p for p in ps if p.requires_grad], "lr_scale": scale}
+                                            for ps, scale in groups],
+                                           lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+        self.rank, self.world = distributed.setup()  # (0, 1) unless started by torchrun
+        check(config.batch_size % self.world == 0,
+              f"--batch-size {config.batch_size} must be a multiple of the {self.world} processes")
+        self.batch = config.batch_size // self.world  # what each process draws per step
+        if self.world > 1:
+            distributed.broadcast_state(model)  # every rank starts from rank 0's weights
         self.ema = EMA(model, config.ema_decay)
-        self.generator = torch.Generator().manual_seed(config.seed)  # data, timesteps, noise: what loss_fn draws
+        # Data, timesteps, noise: what loss_fn draws. Each rank has its own stream.
+        self.generator = torch.Generator().manual_seed(config.seed + RANK_STRIDE * self.rank)
         # Dropout draws from torch's global generator. The trainer keeps that stream's state as
         # its own and swaps it in for each step, so sampling between steps cannot shift it and a
         # resumed run draws the same masks.
-        self.dropout_rng = torch.Generator().manual_seed(config.seed + 1).get_state()
+        self.dropout_rng = torch.Generator().manual_seed(config.seed + 1 + RANK_STRIDE * self.rank).get_state()
         self.step = 0
+        self.seconds = 0.0  # time spent in optimizer steps, over the whole run (saved with checkpoints)
 
-    def run(self, loss_fn: Callable[[torch.nn.Module, torch.Generator], torch.Tensor]) -> Iterator[StepStats]:
+    def run(self, loss_fn: Callable[[torch.nn.Module, torch.Generator], torch.Tensor | Iterator[torch.Tensor]]
+            ) -> Iterator[StepStats]:
+        """Train to config.steps. loss_fn(model, generator) returns the batch's loss, or yields several
+        losses in turn: after each, the parameters that loss reached take an optimizer step, before the
+        next is computed. A GAN yields its discriminator's loss, then its generator's (train/gan.py)."""
         self.model.train()
         while self.step < self.config.steps:
             start = time.perf_counter()
             lr = self.config.lr_at(self.step)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints from before lr_groups have none
+            total = 0.0
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(self.dropout_rng)
-                loss = loss_fn(self.model, self.generator)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                losses = loss_fn(self.model, self.generator)
+                for loss in [losses] if isinstance(losses, torch.Tensor) else losses:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if self.world > 1:
+                        loss = distributed.average_gradients(self.params, loss)
+                    torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+                    self.optimizer.step()  # parameters without a gradient (set_to_none above) stay as they are
+                    total += loss.item()
                 self.dropout_rng = torch.get_rng_state()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.optimizer.step()
+            if self.world > 1:
+                distributed.broadcast_state(self.model, buffers_only=True)
             self.ema.update(self.model, self.step)
             self.step += 1
             seconds = time.perf_counter() - start
-            yield StepStats(self.step, self.config.steps, loss.item(), lr, seconds, self.config.batch_size / seconds)
+            self.seconds += seconds
+            yield StepStats(self.step, self.config.steps, total, lr, seconds, self.config.batch_size / seconds)
 
     # --- checkpoints -------------------------------------------------------------
 
     def save(self, folder: Path, keep: int = 2) -> Path:
         """Write checkpoints/step-NNNNNNN atomically (a temporary folder, then one rename),
-        then delete all but the newest `keep`. A kill at any moment leaves a whole checkpoint."""
+        then delete all but the newest `keep`. A kill at any moment leaves a whole checkpoint.
+        Under torchrun every rank calls it (rank 0 writes every rank's random streams)."""
         from safetensors.torch import save_file
 
         final = folder / f"step-{self.step:07d}"
+        streams = {"generator": self.generator.get_state(), "dropout_rng": self.dropout_rng}
+        if self.world > 1:
+            streams = {f"{name}.{r}" if r else name: state for name, own in streams.items()
+                       for r, state in enumerate(distributed.gather_states(own))}
+        if self.rank != 0:
+            distributed.barrier()  # until rank 0 has written it
+            return final
         with atomic_dir(final) as tmp:
             tensors = {f"model.{k}": v for k, v in trained_state(self.model).items()}
             tensors |= {f"ema.{k}": v for k, v in self.ema.shadow.items()}
             optim = self.optimizer.state_dict()
             for index, slots in optim["state"].items():
                 tensors |= {f"optim.{index}.{name}": v for name, v in slots.items()}
-            tensors["generator"] = self.generator.get_state()
-            tensors["dropout_rng"] = self.dropout_rng
+            tensors |= streams
             seen: set[int] = set()
             for k, v in tensors.items():  # tied weights (an LM's embedding and output layer) are one tensor
                 v = v.detach().contiguous()  # under two names; safetensors wants each stored on its own
@@ -152,10 +190,12 @@ class Trainer:
                 seen.add(v.data_ptr())
             save_file(tensors, str(tmp / STATE_FILE))
             meta = {"step": self.step, "config": dataclasses.asdict(self.config), "extra": self.extra,
-                    "param_groups": optim["param_groups"]}
+                    "param_groups": optim["param_groups"], "processes": self.world,
+                    "seconds": self.seconds}
             (tmp / TRAINER_FILE).write_text(json.dumps(meta, indent=2))
         for old in sorted(p for p in folder.glob("step-*") if p.is_dir())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return final
 
     @staticmethod
@@ -196,11 +236,35 @@ class Trainer:
                 _, index, name = k.split(".", 2)
                 state.setdefault(int(index), {})[name] = v
         trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        trainer.generator.set_state(tensors["generator"])
-        if "dropout_rng" in tensors:  # checkpoints written before dropout start a fresh stream
-            trainer.dropout_rng = tensors["dropout_rng"]
-        trainer.step = meta["step"]
+        saved_world = meta.get("processes", 1)
+        check(saved_world == trainer.world, f"{checkpoint} was written by {saved_world} training process(es); "
+                                            f"resume it with the same number (torchrun --nproc_per_node {saved_world})")
+        own = f".{trainer.rank}" if trainer.rank else ""
+        trainer.generator.set_state(tensors["generator" + own])
+        if "dropout_rng" + own in tensors:  # checkpoints written before dropout start a fresh stream
+            trainer.dropout_rng = tensors["dropout_rng" + own]
+        trainer.step, trainer.seconds = meta["step"], meta.get("seconds", 0.0)
         return trainer
+
+
+class TrainLog:
+    """out/log.jsonl: one row per step (loss, seconds, and whatever numbers the run adds, such
+    as a GAN's two losses), the raw material of loss curves. Rows reach the file at each
+    checkpoint, by one atomic rewrite, so after a resume the log holds exactly the steps
+    the weights have seen."""
+
+    def __init__(self, path: Path, step: int):
+        self.path = path
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        self.rows = [r for r in rows if r["step"] <= step]
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        from ..store import atomic_write_bytes
+
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
 
 
 def resume_steps(saved: dict, given: dict, done: int, same=lambda key, saved, given: saved == given) -> int | None:

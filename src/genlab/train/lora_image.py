@@ -99,7 +99,7 @@ class ImageLoraRun:
 
     def steps(self) -> Iterator[StepStats]:
         schedule = self.model.config.noise_schedule()
-        loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.config.batch_size, g)  # noqa: E731
+        loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.batch, g)  # noqa: E731
         yield from self.trainer.run(loss)
 
     def save(self) -> None:

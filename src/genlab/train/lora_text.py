@@ -195,7 +195,7 @@ class TextLoraRun:
         return self.tokenizer.eos_token_id or 0
 
     def steps(self) -> Iterator[StepStats]:
-        batch = self.trainer.config.batch_size
+        batch = self.trainer.batch
 
         def loss(model, g: torch.Generator) -> torch.Tensor:
             rows = torch.randint(len(self.examples), (batch,), generator=g).tolist()

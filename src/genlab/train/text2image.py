@@ -65,7 +65,7 @@ class VaeRun:
         return cls(Trainer.resume(vae, checkpoint, steps), vae, out)
 
     def steps(self) -> Iterator[StepStats]:
-        world, batch = ShapesWorld("train", self.trainer.config.seed), self.trainer.config.batch_size
+        world, batch = ShapesWorld("train", self.trainer.config.seed), self.trainer.batch
 
         def loss(vae, g: torch.Generator) -> torch.Tensor:
             x, _ = shapes_batch(world, torch.randint(2**31 - 1, (batch,), generator=g).tolist())
@@ -173,7 +173,7 @@ class Text2ImageRun:
 
     def steps(self) -> Iterator[StepStats]:
         self.prepare()
-        pool, c, batch = self.pool, self.model.config, self.trainer.config.batch_size
+        pool, c, batch = self.pool, self.model.config, self.trainer.batch
         schedule = c.noise_schedule()
 
         def loss(unet, g: torch.Generator) -> torch.Tensor:
