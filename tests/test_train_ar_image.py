@@ -86,7 +86,7 @@ def test_bad_input(tmp_path, capsys):
     code, _, err = run(TINY + ["--levels", "1", "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "--levels must be between 2 and 256")
     code, _, err = run(TINY + ["--resolution", "64", "--out", str(tmp_path / "r")], capsys)
-    assert_one_line_error(code, err, "--resolution must be between 2 and 32")
+    assert_one_line_error(code, err, "--resolution must be between 4 and 32")
     colour = tmp_path / "colour"
     colour.mkdir()
     for i in range(10):

@@ -90,6 +90,8 @@ def test_bad_input(tmp_path, capsys):
     assert_one_line_error(code, err, "power of two >= 8, got 12")
     code, _, err = run(TINY + ["--loss", "wasserstein", "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "--loss must be hinge or non-saturating")
+    code, _, err = run(TINY + ["--width", "0", "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "--width and --latent must be at least 1")
     code, _, err = run(TINY + ["--ema", "1", "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "--ema must be in [0, 1)")
     with pytest.raises(GenlabError, match="is not a GAN model folder"):

@@ -38,5 +38,7 @@ def test_bad_input(tmp_path, capsys):
     assert_one_line_error(code, err, "give at least 1000")
     code, _, err = run(TINY + ["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "--data must be 'pydoc' or a text file")
+    code, _, err = run(TINY + ["--heads", "0", "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "--layers and --heads must be at least 1")
     code, _, err = run(TINY + ["--width", "65", "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "--width 65 must be a multiple of --heads 2")

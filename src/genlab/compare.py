@@ -31,6 +31,9 @@ import torch
 from .errors import check
 
 FAMILIES = ("gan", "ar-image", "diffusion", "lm", "diffusion-lm")
+ROW_STEPS = 20  # the diffusion model's row in the table: its default, DPM-Solver++ with 20 steps
+TEXT_LENGTHS = (16, 32, 64, 120)  # GPT output lengths timed (64 is the table's row)
+MDLM_STEPS = (8, 16, 32, 64)  # unmasking steps for 64 tokens (64 is the table's row)
 TEXT_PROMPTS = ("The for statement", "Exceptions are", "A class definition", "The import system")
 
 
@@ -40,6 +43,7 @@ class Models:
 
     folders: dict[str, Path]
     train_seconds: dict[str, float] = field(default_factory=dict)  # measured in this run (full mode)
+    resumed: list[str] = field(default_factory=list)  # full mode: runs that continued an earlier, interrupted compare
 
     @classmethod
     def bundled(cls) -> "Models":
@@ -53,10 +57,20 @@ class Models:
         return cls({f: bundled_weights(names[f], made_by[f]) for f in FAMILIES})
 
 
+def diffusion_sweep(quick: bool) -> tuple[int, ...]:
+    return (1, 2, 5, 10, ROW_STEPS, 50) if quick else (1, 2, 5, 10, ROW_STEPS, 50, 100, 250)
+
+
+def stages(quick: bool) -> int:
+    """How many times measure() calls on_stage: for a progress bar."""
+    return 2 + len(diffusion_sweep(quick)) + 1 + len(MDLM_STEPS)
+
+
 @dataclass
 class Results:
     quick: bool
     samples: int  # images per image family
+    resumed: list[str] = field(default_factory=list)  # full mode: families whose training continued an earlier run
     rows: dict[str, dict] = field(default_factory=dict)  # family -> the table's numbers
     curves: dict[str, list[dict]] = field(default_factory=dict)  # cost and quality sweeps
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # a sample grid per image family
@@ -80,7 +94,7 @@ def measure(models: Models, quick: bool = True, on_stage: Callable[[str], None] 
     import platform
 
     start = time.perf_counter()
-    r = Results(quick=quick, samples=250 if quick else 1000)
+    r = Results(quick=quick, samples=250 if quick else 1000, resumed=models.resumed)
     from .text.engine import cpu_model
 
     r.machine = {"cpu": cpu_model() or platform.machine(), "threads": torch.get_num_threads(),
@@ -111,8 +125,9 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
     train = digits(16, "train")
     spread = torch.linspace(0, len(train.x) - 1, r.samples).long()  # across all writers, not the first few
     r.rows["real digits"] = {"modality": "image", "fid": fid(clf.features(train.x[spread]), held_feats),
-                             "accuracy": accuracy(clf, held.x, held.labels), "diversity": 1.0,
-                             "note": f"{r.samples} training digits against the 360 held-out ones: the floor"}
+                             "accuracy": accuracy(clf, held.x, held.labels),
+                             "diversity": diversity(clf.features(train.x[spread]), train.labels[spread]) / real_div,
+                             "note": f"{r.samples} training digits, spread over all writers, against the 360 held-out ones"}
     grid_labels = torch.arange(10).repeat(4)
 
     on_stage("GAN: one network evaluation per image")
@@ -135,21 +150,21 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
                           "bits_per_dim": bits} | quality(x)
     r.images["ar-image"] = as_16(gpt.generate(grid_labels, seed=0))
     frames = list(gpt.unfold(torch.tensor([7]), seed=0))
-    r.unfolding["ar-image"] = [frames[i][0] for i in (7, 15, 23, 31, 39, 47, 55, 63)]  # 8, 16, ... 64 pixels drawn
+    r.unfolding["ar-image"] = [partial_image(frames[i], gpt) for i in (7, 15, 23, 31, 39, 47, 55, 63)]  # 8, 16, ... pixels
 
     gen = ImageGenerator(str(models.folders["diffusion"]), dtype="float32")
-    sweep = (1, 2, 5, 10, 20, 50) if r.quick else (1, 2, 5, 10, 20, 50, 100, 250)
-    for steps in sweep:
+    for steps in diffusion_sweep(r.quick):
         on_stage(f"diffusion: DPM-Solver++ with {steps} steps")
         (x, calls), s = timed(lambda: gen.class_samples(labels, steps, seed=1))
         point = {"steps": steps, "nfe": calls, "s_per_sample": s / len(labels)} | quality(x)
         r.curves.setdefault("diffusion", []).append(point)
-    best = next(p for p in r.curves["diffusion"] if p["steps"] == 20)
+    best = next(p for p in r.curves["diffusion"] if p["steps"] == ROW_STEPS)
     r.rows["diffusion"] = {"modality": "image", "params": params(gen.model), "nfe": best["nfe"],
-                           "s_per_sample": best["s_per_sample"], "sampler": "DPM-Solver++ 20 steps",
+                           "s_per_sample": best["s_per_sample"], "guidance": gen.config.guidance,
+                           "train_note": _train_info(models.folders["diffusion"]).get("note"),
                            "train_seconds": models.train_seconds.get("diffusion", _train_info(models.folders["diffusion"]).get("train_seconds"))} | \
         {k: best[k] for k in ("fid", "accuracy", "diversity")}
-    r.images["diffusion"], _ = gen.class_samples(grid_labels, 20, seed=0)
+    r.images["diffusion"], _ = gen.class_samples(grid_labels, ROW_STEPS, seed=0)
     result = gen.run(_request("7", steps=8, trajectory_frames=9))
     r.unfolding["diffusion"] = result.trajectory[1:]  # x_t after each of the 8 steps
 
@@ -157,6 +172,15 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
 def as_16(x: torch.Tensor) -> torch.Tensor:
     """8x8 digits upsampled exactly as image/data.py makes the 16x16 training digits."""
     return torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).clamp(-1, 1)
+
+
+def partial_image(tokens: torch.Tensor, gpt) -> torch.Tensor:
+    """The pixel GPT's canvas part-way: drawn pixels as they are, the rest grey; (1, 16, 16)."""
+    from .image.pixel_gpt import dequantise
+
+    image = dequantise(tokens.clamp(min=0), gpt.levels, gpt.side)  # (1, 1, side, side)
+    image.view(-1)[(tokens < 0).view(-1)] = -0.4
+    return torch.nn.functional.interpolate(image, size=(16, 16), mode="nearest")[0]
 
 
 def _request(prompt: str, **options):
@@ -185,18 +209,19 @@ def measure_text(models: Models, r: Results, on_stage) -> None:
     context = hf.config.max_position_embeddings
     held_ids = torch.tensor(gpt.tokenizer.encode(held_text, add_special_tokens=False))
     ppl = perplexity(hf, held_ids, context)
-    lengths = (16, 32, 64, 120)
-    for n in lengths:
+    calls = count_calls(gpt.lm)
+    for n in TEXT_LENGTHS:
+        calls[0] = 0
         runs = [gpt.complete(p, raw=True, max_new_tokens=n, ignore_eos=True, temperature=1.0, seed=i)
                 for i, p in enumerate(TEXT_PROMPTS)]
         s = sum(g.stats.total_s for g in runs) / len(runs)
-        r.curves.setdefault("lm", []).append({"tokens": n, "nfe": n, "s_per_sample": s})
+        r.curves.setdefault("lm", []).append({"tokens": n, "nfe": calls[0] / len(runs), "s_per_sample": s})
     texts = [gpt.generate(p, raw=True, max_new_tokens=64, ignore_eos=True, temperature=1.0, seed=i)
              for i, p in enumerate(TEXT_PROMPTS * 2)]
     texts = [p + t for p, t in zip(TEXT_PROMPTS * 2, texts)]
     r.texts["lm"] = texts
-    r.rows["lm"] = {"modality": "text", "params": gpt.num_parameters, "nfe": 64,
-                    "s_per_sample": next(c["s_per_sample"] for c in r.curves["lm"] if c["tokens"] == 64),
+    at64 = next(c for c in r.curves["lm"] if c["tokens"] == 64)
+    r.rows["lm"] = {"modality": "text", "params": gpt.num_parameters, "nfe": at64["nfe"], "s_per_sample": at64["s_per_sample"],
                     "train_seconds": models.train_seconds.get("lm", _train_info(models.folders["lm"]).get("train_seconds")),
                     "perplexity": ppl, "judge_perplexity": judge.perplexity(texts), "distinct_2": distinct_2(texts, gpt.tokenizer)}
     r.unfolding["lm"] = [TEXT_PROMPTS[0] + gpt.generate(TEXT_PROMPTS[0], raw=True, max_new_tokens=n, ignore_eos=True,
@@ -204,16 +229,18 @@ def measure_text(models: Models, r: Results, on_stage) -> None:
 
     dlm = DiffusionLm.load(models.folders["diffusion-lm"])
     bound = dlm.perplexity_bound(held_text)
-    for steps in (8, 16, 32, 64):
+    calls = count_calls(dlm.model)
+    for steps in MDLM_STEPS:
+        calls[0] = 0
         on_stage(f"masked-diffusion LM: {steps} unmasking steps for 64 tokens")
         outs, s = timed(lambda: [dlm.generate(p, tokens=64, steps=steps, seed=i) for i, p in enumerate(TEXT_PROMPTS * 2)])
         outs = [p + t for p, t in zip(TEXT_PROMPTS * 2, outs)]
-        r.curves.setdefault("diffusion-lm", []).append({"steps": steps, "nfe": steps, "s_per_sample": s / len(outs),
+        r.curves.setdefault("diffusion-lm", []).append({"steps": steps, "nfe": calls[0] / len(outs), "s_per_sample": s / len(outs),
                                                         "judge_perplexity": judge.perplexity(outs),
                                                         "distinct_2": distinct_2(outs, gpt.tokenizer)})
         r.texts[f"diffusion-lm-{steps}"] = outs
     at64 = r.curves["diffusion-lm"][-1]
-    r.rows["diffusion-lm"] = {"modality": "text", "params": params(dlm.model), "nfe": 64, "s_per_sample": at64["s_per_sample"],
+    r.rows["diffusion-lm"] = {"modality": "text", "params": params(dlm.model), "nfe": at64["nfe"], "s_per_sample": at64["s_per_sample"],
                               "train_seconds": models.train_seconds.get("diffusion-lm",
                                                                         _train_info(models.folders["diffusion-lm"]).get("train_seconds")),
                               "perplexity_bound": bound, "judge_perplexity": at64["judge_perplexity"],
@@ -224,6 +251,18 @@ def measure_text(models: Models, r: Results, on_stage) -> None:
     real = _real_passages(held_text, len(texts))
     r.rows["real text"] = {"modality": "text", "judge_perplexity": judge.perplexity(real), "distinct_2": distinct_2(real, gpt.tokenizer),
                            "note": "held-out passages of about the same length, scored the same way"}
+
+
+def count_calls(model) -> list[int]:
+    """Count a model's forward calls from here on (one network evaluation each): returns the counter."""
+    counter, forward = [0], model.forward
+
+    def counted(*args, **kwargs):
+        counter[0] += 1
+        return forward(*args, **kwargs)
+
+    model.forward = counted
+    return counter
 
 
 def _real_passages(text: str, n: int, chars: int = 300) -> list[str]:
@@ -272,7 +311,3 @@ class Judge:
             count += len(ids) - 1
         return math.exp(total / max(1, count))
 
-
-def check_families(names: list[str]) -> None:
-    unknown = [n for n in names if n not in FAMILIES]
-    check(not unknown, f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")

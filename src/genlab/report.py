@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .compare import Results
-from .errors import GenlabError
+from .compare import ROW_STEPS, Results
+from .store import writable_folder
 
 NAMES = {"gan": "GAN", "ar-image": "autoregressive (pixel GPT)", "diffusion": "diffusion (UNet)",
          "lm": "autoregressive (GPT)", "diffusion-lm": "masked diffusion (MDLM)", "real digits": "real digits",
@@ -23,18 +23,13 @@ NAMES = {"gan": "GAN", "ar-image": "autoregressive (pixel GPT)", "diffusion": "d
 
 def write(r: Results, out: Path) -> Path:
     """Write everything into `out` (created if needed); returns the markdown file."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".genlab-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise GenlabError(f"cannot write the report to {str(out)!r}: {e.strerror or e}") from None
+    writable_folder(out, "--out")
     figures = {"samples": samples_figure(r, out / "samples.png"), "unfolding": unfolding_figure(r, out / "unfolding.png"),
                "cost": cost_figure(r, out / "cost.png"), "quality": quality_figure(r, out / "quality.png")}
     if r.logs.get("gan"):
         figures["gan_training"] = gan_figure(r, out / "gan_training.png")
-    (out / "results.json").write_text(json.dumps({"quick": r.quick, "samples": r.samples, "rows": r.rows, "curves": r.curves,
+    (out / "results.json").write_text(json.dumps({"quick": r.quick, "samples": r.samples, "resumed": r.resumed,
+                                                  "rows": r.rows, "curves": r.curves,
                                                   "texts": r.texts, "machine": r.machine, "seconds": r.seconds}, indent=2))
     md = markdown(r, figures)
     (out / "report.md").write_text(md)
@@ -48,27 +43,31 @@ def claims(r: Results) -> list[tuple[str, str, str]]:
     """(claim, verdict, evidence) for each popular claim, decided by the measurements."""
     rows, curves, out = r.rows, r.curves, []
     lm = curves["lm"]
-    per_token = [c["s_per_sample"] / c["tokens"] for c in lm]
-    spread = max(per_token) / min(per_token)
+    one_per_token = all(c["nfe"] == c["tokens"] for c in lm)
+    slope, intercept, r2 = linear_fit([c["tokens"] for c in lm], [c["s_per_sample"] for c in lm])
+    counted = ", ".join(f"{c['nfe']:.0f}" for c in lm)
     out.append(("LLMs sample one token at a time",
-                "supported" if spread < 1.5 else "partly supported",
-                f"the GPT makes one network evaluation per token, so its cost grows with the output: "
-                f"{lm[0]['s_per_sample'] * 1e3:.0f} ms for {lm[0]['tokens']} tokens, {lm[-1]['s_per_sample'] * 1e3:.0f} ms for "
-                f"{lm[-1]['tokens']} ({1e3 * min(per_token):.1f} to {1e3 * max(per_token):.1f} ms per token). The masked-diffusion "
-                f"LM writes 64 tokens in {curves['diffusion-lm'][0]['steps']} to {curves['diffusion-lm'][-1]['steps']} evaluations."))
+                "supported" if one_per_token and r2 > 0.95 else "contradicted",
+                f"counted: the GPT ran {counted} network "
+                f"evaluations for {', '.join(str(c['tokens']) for c in lm)} tokens, and its time grows in a straight line, "
+                f"{slope * 1e3:.2f} ms per token" + (f" after {intercept * 1e3:.0f} ms of fixed cost" if intercept > 5e-4 else "")
+                + f" (R² {r2:.3f}). The masked-diffusion "
+                f"LM writes 64 tokens in {curves['diffusion-lm'][0]['nfe']:.0f} to {curves['diffusion-lm'][-1]['nfe']:.0f} evaluations."))
     d = {c["steps"]: c for c in curves["diffusion"]}
-    first, ten, last = d[min(d)], d[10], d[max(d)]
+    first, last = d[min(d)], d[max(d)]
+    ten = d[max(k for k in d if k <= 10)]
     refines = first["fid"] > 2 * last["fid"]
     few_enough = ten["fid"] <= 1.15 * last["fid"]
     out.append(("Diffusion refines over many steps",
                 ("supported, though a good solver needs few" if few_enough else "supported") if refines else "contradicted",
                 "FID " + ", ".join(f"{c['fid']:.1f} after {c['steps']}" for c in curves["diffusion"])
-                + f" DPM-Solver++ steps (real-data floor {rows['real digits']['fid']:.1f})."))
+                + f" DPM-Solver++ steps (real training digits: {rows['real digits']['fid']:.1f})."))
     gan, diff, ar = rows["gan"], rows["diffusion"], rows["ar-image"]
     out.append(("GANs make an image in one step",
                 "supported",
                 f"1 network evaluation and {gan['s_per_sample'] * 1e3:.2f} ms per image, against {diff['nfe']} evaluations "
-                f"and {diff['s_per_sample'] * 1e3:.2f} ms for diffusion at 20 steps ({diff['s_per_sample'] / gan['s_per_sample']:.0f}x)."))
+                f"and {diff['s_per_sample'] * 1e3:.2f} ms for diffusion at {ROW_STEPS} steps "
+                f"({diff['s_per_sample'] / gan['s_per_sample']:.0f}x)."))
     unstable = gan_instability(r)
     if unstable is not None:
         collapsed = gan["diversity"] < 0.6
@@ -80,15 +79,30 @@ def claims(r: Results) -> list[tuple[str, str, str]]:
     slower_than = [n for n in ("gan", "ar-image") if diff["s_per_sample"] > rows[n]["s_per_sample"]]
     out.append(("Diffusion is slower",
                 "supported" if len(slower_than) == 2 else "partly supported" if slower_than else "contradicted",
-                f"per image: diffusion (20 steps) {diff['s_per_sample'] * 1e3:.2f} ms, GAN {gan['s_per_sample'] * 1e3:.2f} ms, "
+                f"per image: diffusion ({ROW_STEPS} steps) {diff['s_per_sample'] * 1e3:.2f} ms, GAN {gan['s_per_sample'] * 1e3:.2f} ms, "
                 f"pixel GPT {ar['s_per_sample'] * 1e3:.2f} ms (64 evaluations). Quality at those costs: FID {diff['fid']:.1f}, "
                 f"{gan['fid']:.1f} and {ar['fid']:.1f}."))
     gpt, dlm = rows["lm"], rows["diffusion-lm"]
+    worse = dlm["judge_perplexity"] > 1.2 * gpt["judge_perplexity"]
+    better = dlm["judge_perplexity"] < gpt["judge_perplexity"] / 1.2
     out.append(("Diffusion language models match autoregressive ones",
-                "contradicted" if dlm["perplexity_bound"] > 1.2 * gpt["perplexity"] else "supported",
-                f"held-out perplexity: GPT {gpt['perplexity']:.1f}, masked diffusion at most {dlm['perplexity_bound']:.1f} (a bound); "
-                f"judged perplexity of samples {gpt['judge_perplexity']:.1f} vs {dlm['judge_perplexity']:.1f} at 64 steps."))
+                "contradicted here" if worse else "supported here" if not better else "contradicted: diffusion is better here",
+                f"samples judged by an independent model: perplexity {gpt['judge_perplexity']:.0f} for the GPT, "
+                f"{dlm['judge_perplexity']:.0f} for masked diffusion at 64 steps (real text {rows['real text']['judge_perplexity']:.0f}). "
+                f"Likelihood does not decide it: the GPT's held-out perplexity is {gpt['perplexity']:.1f}, and masked diffusion "
+                f"gives only an upper bound, {dlm['perplexity_bound']:.1f}. Training: {_t(gpt.get('train_seconds'))} and "
+                f"{_t(dlm.get('train_seconds'))}."))
     return out
+
+
+def linear_fit(x: list[float], y: list[float]) -> tuple[float, float, float]:
+    """Least squares y = intercept + slope x; returns (slope, intercept, R²)."""
+    X = torch.tensor([[1.0, v] for v in x], dtype=torch.float64)
+    Y = torch.tensor(y, dtype=torch.float64)
+    coef = torch.linalg.lstsq(X, Y[:, None]).solution[:, 0]
+    residual = Y - X @ coef
+    r2 = 1 - float(residual.pow(2).sum() / (Y - Y.mean()).pow(2).sum().clamp(min=1e-30))
+    return float(coef[1]), float(coef[0]), r2
 
 
 def gan_instability(r: Results) -> dict | None:
@@ -107,34 +121,44 @@ def markdown(r: Results, figures: dict[str, Path]) -> str:
     mode = "quick (the bundled models)" if r.quick else "full (every model retrained from scratch in this run)"
     lines = [f"# genlab compare: {mode}", "",
              f"Measured on this machine ({r.machine.get('cpu', '?')}, {r.machine.get('threads')} threads, torch "
-             f"{r.machine.get('torch')}) in {r.seconds:.0f} s. Every number below comes from this run; "
-             f"images: {r.samples} samples per family (50 per class); text: 8 samples of 64 tokens from 4 prompts.", "",
+             f"{r.machine.get('torch')}) in {r.seconds:.0f} s. Sampling times, network evaluations (counted) and every "
+             f"quality figure come from this run; training times and the GAN's loss curves come from each model's own "
+             f"record, written by the trainer when it was trained"
+             + (f" (continued from an earlier run here: {', '.join(r.resumed)})" if r.resumed else "") + ". "
+             f"Images: {r.samples} samples per family ({r.samples // 10} per class); text: 8 samples of 64 tokens from 4 prompts.", "",
              "## What the measurements say", "", "| claim | verdict | evidence |", "|---|---|---|"]
     lines += [f"| {c} | **{v}** | {e} |" for c, v, e in claims(r)]
     lines += ["", "## Images: handwritten digits", "",
-              "| family | parameters | training | s per image | network evaluations | FID | accuracy | diversity | NLL (bits/dim) |",
+              "| family | parameters | training (its record) | s per image | network evaluations | FID | accuracy | diversity | NLL (bits/dim) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name in ("gan", "ar-image", "diffusion", "real digits"):
         row = r.rows[name]
         lines.append(f"| {NAMES[name]} | {_n(row.get('params'))} | {_t(row.get('train_seconds'))} | {_ms(row.get('s_per_sample'))} "
                      f"| {row.get('nfe', '')} | {row['fid']:.2f} | {row['accuracy']:.3f} | {row['diversity']:.2f} "
                      f"| {_f(row.get('bits_per_dim'), 3)} |")
-    lines += ["", "FID uses the digit classifier's features (lower is better; the real-digits row is the floor); accuracy is "
+    lines += ["", "FID uses the digit classifier's features against the 360 held-out digits (lower is better). The real-digits row "
+              "scores real training digits the same way: a reference, not a floor, since at this sample size a model that draws "
+              "less varied digits than the data can score below it (compare the diversity column). Accuracy is "
               "how often the classifier reads the prompted class; diversity is the mean distance between two samples of the "
-              "same class over the real digits' own (1 = as varied as the data). Only the pixel GPT has an exact likelihood.",
+              "same class over the real digits' own (1 = as varied as the data). Only the pixel GPT has an exact likelihood; "
+              "its 8x8 samples are upsampled as the training digits were before they are judged. "
+              + (f"The diffusion model runs classifier-free guidance (scale {r.rows['diffusion']['guidance']}), so each of its "
+                 "evaluations is one UNet call on a double batch (with and without the class). "
+                 if r.rows["diffusion"].get("guidance", 1) != 1 else "")
+              + (f"Its training time: {r.rows['diffusion']['train_note']}." if r.rows["diffusion"].get("train_note") else ""),
               "", f"![samples]({figures['samples'].name})", "", "Diffusion sampling steps (DPM-Solver++):", "",
               "| steps | evaluations | s per image | FID | accuracy | diversity |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['steps']} | {c['nfe']} | {_ms(c['s_per_sample'])} | {c['fid']:.2f} | {c['accuracy']:.3f} | {c['diversity']:.2f} |"
               for c in r.curves["diffusion"]]
     lines += ["", "## Text: Python's documentation", "",
-              "| family | parameters | training | s per 64 tokens | network evaluations | held-out perplexity | judged perplexity | distinct bigrams |",
+              "| family | parameters | training (its record) | s per 64 tokens | network evaluations | held-out perplexity | judged perplexity | distinct bigrams |",
               "|---|---|---|---|---|---|---|---|"]
     for name in ("lm", "diffusion-lm", "real text"):
         row = r.rows[name]
         ppl = _f(row.get("perplexity"), 1) if "perplexity" in row else ("<= " + _f(row["perplexity_bound"], 1)
                                                                        if "perplexity_bound" in row else "")
         lines.append(f"| {NAMES[name]} | {_n(row.get('params'))} | {_t(row.get('train_seconds'))} | {_ms(row.get('s_per_sample'))} "
-                     f"| {row.get('nfe', '')} | {ppl} | {row['judge_perplexity']:.1f} | {row['distinct_2']:.3f} |")
+                     f"| {_f(row.get('nfe'), 0)} | {ppl} | {row['judge_perplexity']:.1f} | {row['distinct_2']:.3f} |")
     lines += ["", "Held-out perplexity is on the last tenth of the corpus, which neither model trained on; the masked-diffusion "
               "model's is an upper bound (its ELBO). Judged perplexity scores the samples with SmolLM2-135M, an independent "
               "model; lower reads more like real text, but repetitive text also scores low, so distinct bigrams sit beside it.",
@@ -228,6 +252,15 @@ def _plt():
     return plt
 
 
+def _finish(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _sheet(x: torch.Tensor, columns: int = 10) -> torch.Tensor:
     """(N, 1, H, W) in [-1, 1] -> one (rows*H, columns*W) picture in [0, 1], padded by a pixel."""
     x = (x.float().clamp(-1, 1) + 1) / 2
@@ -243,42 +276,27 @@ def samples_figure(r: Results, path: Path) -> Path:
     names = ("gan", "ar-image", "diffusion")
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.2))
     for ax, name in zip(axes, names):
-        x = r.images[name]
-        if x.shape[-1] != 16:
-            x = torch.nn.functional.interpolate(x.float(), size=16, mode="nearest")
-        ax.imshow(_sheet(x), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(_sheet(r.images[name]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         row = r.rows[name]
         ax.set_title(f"{NAMES[name]}\n{row['nfe']} evaluations, FID {row['fid']:.1f}", fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def unfolding_figure(r: Results, path: Path) -> Path:
     """A diffusion trajectory (x_t after each step) above the pixel GPT filling in its pixels."""
-    from .image.pixel_gpt import dequantise
+    from .image.canvas import from_pil
 
     plt = _plt()
-    diffusion = [torch.tensor(list(im.getdata()), dtype=torch.float32).view(1, 1, im.height, im.width) / 127.5 - 1
-                 for im in r.unfolding["diffusion"]]
-    pixels = []
-    for tokens in r.unfolding["ar-image"]:
-        drawn = tokens >= 0
-        image = dequantise(tokens.clamp(min=0)[None], 17, 8)[0]
-        image[0].view(-1)[~drawn] = -0.4  # not drawn yet: grey
-        pixels.append(torch.nn.functional.interpolate(image[None], size=diffusion[0].shape[-1], mode="nearest")[0])
+    diffusion = [from_pil(im) for im in r.unfolding["diffusion"]]
+    pixels = r.unfolding["ar-image"]
     fig, axes = plt.subplots(2, 1, figsize=(12, 3.6))
     for ax, frames, title in ((axes[0], torch.cat(diffusion), "diffusion: x_t after each of 8 DPM-Solver++ steps"),
                               (axes[1], torch.stack(pixels), "pixel GPT: after 8, 16, ... 64 pixels (grey: not drawn yet)")):
         ax.imshow(_sheet(frames, columns=len(frames)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def cost_figure(r: Results, path: Path) -> Path:
@@ -298,10 +316,7 @@ def cost_figure(r: Results, path: Path) -> Path:
     right.set_yscale("log")
     right.set_title("diffusion: cost against steps")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def quality_figure(r: Results, path: Path) -> Path:
@@ -311,7 +326,7 @@ def quality_figure(r: Results, path: Path) -> Path:
     left.plot([p["nfe"] for p in d], [p["fid"] for p in d], "o-", label="diffusion (DPM-Solver++ steps)")
     for name, marker in (("gan", "s"), ("ar-image", "^")):
         left.plot([r.rows[name]["nfe"]], [r.rows[name]["fid"]], marker, markersize=9, label=NAMES[name])
-    left.axhline(r.rows["real digits"]["fid"], color="gray", linestyle="--", label="real digits (floor)")
+    left.axhline(r.rows["real digits"]["fid"], color="gray", linestyle="--", label="real training digits")
     left.set_xscale("log")
     left.set_xlabel("network evaluations per image")
     left.set_ylabel("FID (lower is better)")
@@ -327,10 +342,7 @@ def quality_figure(r: Results, path: Path) -> Path:
     right.set_ylabel("judged perplexity (lower is better)")
     right.set_title("text: quality against compute")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def gan_figure(r: Results, path: Path) -> Path:
@@ -348,7 +360,4 @@ def gan_figure(r: Results, path: Path) -> Path:
     right.set_xlabel("step")
     right.legend()
     right.set_title("the discriminator's mean scores")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)

@@ -97,3 +97,16 @@ def bundled_weights(name: str, command: str) -> Path:
     check(folder.is_dir() and any(folder.glob("*.json")),
           f"the bundled model {name!r} is missing from {folder}; build it with `{command}` and copy its model/ folder there")
     return folder
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove it takes a file: one clear error now, not after an hour of work."""
+    from .errors import GenlabError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".genlab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise GenlabError(f"{what} {str(folder)!r} is not a writable folder: {e.strerror or e}") from None

@@ -72,6 +72,7 @@ def _click_errors() -> tuple[type, ...]:
 
 
 def _fail(message: str) -> None:
+    console.quiet = False  # a quiet process (rank > 0 under torchrun) still says why it stops
     console.print(f"genlab: error: {message}", markup=False, soft_wrap=True)
     sys.exit(2)
 

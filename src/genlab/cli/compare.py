@@ -13,7 +13,7 @@ from genlab.progress import console, stage_progress
 
 @app.command()
 def compare(
-    quick: Annotated[bool, typer.Option("--quick", help="Measure the bundled models (about 3 minutes) instead of retraining "
+    quick: Annotated[bool, typer.Option("--quick", help="Measure the bundled models (about 2 minutes) instead of retraining "
                                                         "every family from scratch first (about 1.5 hours on 2 cores).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.html, the PNG figures and results.json "
                                            "(and, without --quick, the training runs under runs/).")] = Path("compare"),
@@ -28,32 +28,19 @@ def compare(
 
     Example: genlab compare --quick --out compare && open compare/report.html
     """
-    from genlab.compare import Models, measure
+    from genlab.compare import Models, measure, stages
     from genlab.report import write
+    from genlab.store import writable_folder
 
-    writable(out)
+    writable_folder(out, "--out")
     if quick:
         models = Models.bundled()
     else:
         models = retrain(out / "runs")
-    stages = 14
-    with stage_progress("measuring", stages) as advance:
+    with stage_progress("measuring", stages(quick)) as advance:
         results = measure(models, quick=quick, on_stage=advance)
     path = write(results, out)
     console.print(f"report written to {path} and {path.with_suffix('.html')} ({results.seconds:.0f} s of measuring)")
-
-
-def writable(out: Path) -> None:
-    """Fail now, in one line, rather than after an hour of training."""
-    from genlab.errors import GenlabError
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".genlab-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise GenlabError(f"--out {str(out)!r} is not a writable folder: {e.strerror or e}") from None
 
 
 def retrain(runs: Path):
@@ -70,13 +57,15 @@ def retrain(runs: Path):
     plan = {"gan": (GanRun, GAN_DEFAULTS), "ar-image": (ArImageRun, AR_IMAGE_DEFAULTS),
             "diffusion": (DiffusionRun, DEFAULTS | {"steps": 5000}),  # as the bundled digits model
             "lm": (LmRun, LM_DEFAULTS), "diffusion-lm": (DiffusionLmRun, DIFFUSION_LM_DEFAULTS)}
-    folders, seconds = {}, {}
+    folders, seconds, resumed = {}, {}, []
     for family, (run_class, options) in plan.items():
         out = runs / family
         resuming = Trainer.latest(out / "checkpoints") is not None
         run = run_class.resume(out, {}) if resuming else run_class.create(out, options)
+        if resuming:
+            resumed.append(family)
         console.print(f"[{family}] " + ("resuming" if resuming else "training") + f" in {out}, step {run.trainer.step} "
                       f"of {run.trainer.config.steps}")
         fit(run, out, 500, 0)
         folders[family], seconds[family] = out / "model", run.trainer.seconds
-    return Models(folders, seconds)
+    return Models(folders, seconds, resumed)

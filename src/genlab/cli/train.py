@@ -198,6 +198,7 @@ def gan(
 
     check_every(checkpoint_every, sample_every)
     check(ema is None or 0 <= ema < 1, f"--ema must be in [0, 1), got {ema}")
+    check(all(v is None or v >= 1 for v in (width, latent)), f"--width and --latent must be at least 1, got {width} and {latent}")
     check(d_lr_scale is None or d_lr_scale > 0, f"--d-lr-scale must be positive, got {d_lr_scale}")
     check(mode_seeking is None or mode_seeking >= 0, f"--mode-seeking must be 0 or more, got {mode_seeking}")
     given = {k: v for k, v in dict(data=data, resolution=resolution, latent=latent, width=width, loss=loss, steps=steps,
@@ -252,7 +253,7 @@ def ar_image(
 
     check_every(checkpoint_every, sample_every)
     check(ema is None or 0 <= ema < 1, f"--ema must be in [0, 1), got {ema}")
-    check(resolution is None or 2 <= resolution <= 32, f"--resolution must be between 2 and 32 (the sequence is its square), got {resolution}")
+    check(resolution is None or 4 <= resolution <= 32, f"--resolution must be between 4 and 32 (the sequence is its square), got {resolution}")
     given = {k: v for k, v in dict(data=data, resolution=resolution, levels=levels, width=width, layers=layers, heads=heads,
                                    steps=steps, batch_size=batch_size, lr=lr, ema=ema, seed=seed).items() if v is not None}
     given = absolute_data(given)

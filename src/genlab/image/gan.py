@@ -134,11 +134,10 @@ class Gan(nn.Module):
 
     # --- files: genlab.json (the config) and model.safetensors (the generator only) ----------
 
-    def save(self, folder: Path, generator_state: dict[str, torch.Tensor] | None = None, **info) -> None:
+    def save(self, folder: Path, **info) -> None:
         from safetensors.torch import save_file
 
-        state = generator_state or self.generator.state_dict()
-        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
+        save_file({k: v.contiguous() for k, v in self.generator.state_dict().items()}, str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps({"kind": "gan", **dataclasses.asdict(self.config), **info}, indent=2))
 
     @classmethod

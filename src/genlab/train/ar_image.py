@@ -2,8 +2,8 @@
 
 Next-token prediction, exactly as for text (train/lm.py): each image becomes the sequence
 [class word, pixel 1, ..., pixel 64] and the loss is the cross-entropy of each pixel given
-everything before it. The class word itself is never a target (its label is -100, which
-transformers skips). Held-out bits/dim, the exact NLL, is reported at every checkpoint.
+everything before it. The class word is only ever an input: transformers shifts the labels
+by one, so position 0 predicts pixel 1 and nothing predicts the class. Held-out bits/dim, the exact NLL, is reported at every checkpoint.
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ class ArImageRun:
         def loss(model, g: torch.Generator) -> torch.Tensor:
             idx = torch.randint(len(self.data.x), (self.trainer.batch,), generator=g)
             x = self.gpt.sequences(self.data.x[idx], self.data.labels[idx])  # (B, 1 + H*W)
-            targets = x.clone()
-            targets[:, 0] = -100  # the class word is given, not predicted
-            return model(input_ids=x, labels=targets).loss
+            return model(input_ids=x, labels=x).loss  # position j predicts token j + 1: the 64 pixels
 
         yield from self.trainer.run(loss)
 

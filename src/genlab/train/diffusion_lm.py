@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from genlab.errors import check
-from genlab.store import atomic_dir
 from genlab.text.sampling import top_k_filter
-from genlab.train.lm import build_model, random_windows, tokenized_corpus
+from genlab.train.lm import build_model, random_windows, tokenized_corpus, write_model_folder
 from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
 
 KIND = "diffusion-lm"
@@ -282,16 +281,11 @@ class DiffusionLmRun:
         return self._bound[1]
 
     def save(self) -> None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # genlab's own bar is running
         self.trainer.save(self.out / "checkpoints")
-        with atomic_dir(self.out / "model") as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "genlab-train.json").write_text(json.dumps({
-                "kind": KIND, "mask_id": self.mask_id, "step": self.trainer.step, "options": self.options,
-                "train_seconds": self.trainer.seconds, "held_out_perplexity_bound": self.held_out_perplexity_bound()}))
+        write_model_folder(self.out / "model", self.model, self.tokenizer, self.options["context"],
+                           {"kind": KIND, "mask_id": self.mask_id, "step": self.trainer.step, "options": self.options,
+                            "train_seconds": round(self.trainer.seconds, 1),
+                            "held_out_perplexity_bound": self.held_out_perplexity_bound()})
 
     def sample_grid(self, path: Path, prompts=("The for statement", "Exceptions are"), tokens: int = 40) -> None:
         """Sampled continuations (one token revealed per step on average, temperature 0.8, seed 0),

@@ -7,6 +7,8 @@ holds a full copy of the model and draws its own share of each batch (--batch-si
 total, split evenly). After backward, one all-reduce sums the gradients of all ranks and
 each divides by the number of ranks: every rank now holds the gradient of the whole batch,
 takes the same optimizer step, and the copies stay identical without ever being sent.
+(Exactly so for losses that are means over samples; batch statistics, such as a GAN's batch
+norm or minibatch deviation, are computed over each rank's share.)
 
 That is what torch.nn.parallel.DistributedDataParallel does (it also overlaps the
 all-reduce with backward, in buckets). genlab averages by hand after backward instead,
@@ -32,7 +34,7 @@ def setup() -> tuple[int, int]:
         if dist.get_rank() != 0:
             from ..progress import console
 
-            console.quiet = True  # one progress bar and one set of messages, from rank 0
+            console.quiet = True  # one progress bar and one set of messages, from rank 0 (errors still print)
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
@@ -58,9 +60,8 @@ def average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor) -> t
 def broadcast_state(model: torch.nn.Module, buffers_only: bool = False) -> None:
     """Copy rank 0's weights (or only its buffers: batch-norm statistics, which each rank
     updates from its own share of the batch) to every rank."""
-    tensors = list(model.buffers()) if buffers_only else list(model.state_dict().values())
-    for t in tensors:
-        dist.broadcast(t.data if isinstance(t, torch.nn.Parameter) else t, src=0)
+    for t in model.buffers() if buffers_only else model.state_dict().values():
+        dist.broadcast(t, src=0)
 
 
 def gather_states(state: torch.Tensor) -> list[torch.Tensor]:

@@ -66,6 +66,7 @@ def train_tokenizer(text: str, vocab_size: int):
 def build_model(vocab_size: int, context: int, width: int, layers: int, heads: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    check(layers >= 1 and heads >= 1, f"--layers and --heads must be at least 1, got {layers} and {heads}")
     check(width % heads == 0, f"--width {width} must be a multiple of --heads {heads}")
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=int(8 * width / 3) // 64 * 64 or 64,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
@@ -93,6 +94,18 @@ def random_windows(ids: torch.Tensor, length: int, batch: int, generator: torch.
     """(batch, length) windows of `ids` at random starts: one training batch."""
     starts = torch.randint(len(ids) - length, (batch,), generator=generator)
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
+
+
+def write_model_folder(folder: Path, model, tokenizer, context: int, info: dict) -> None:
+    """A Hugging Face folder (weights, tokenizer) plus genlab-train.json, written atomically."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # genlab's own bar is running
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS, "bos_token": None, "model_max_length": context}))
+        (tmp / "genlab-train.json").write_text(json.dumps(info))
 
 
 @torch.no_grad()
@@ -159,18 +172,10 @@ class LmRun:
         return self._perplexity[1]
 
     def save(self) -> None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # genlab's own bar is running
         self.trainer.save(self.out / "checkpoints")
-        with atomic_dir(self.out / "model") as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS, "bos_token": None,
-                                                                    "model_max_length": self.options["context"]}))
-            (tmp / "genlab-train.json").write_text(json.dumps({"step": self.trainer.step, "options": self.options,
-                                                               "train_seconds": round(self.trainer.seconds, 1),
-                                                               "held_out_perplexity": self.held_out_perplexity()}))
+        write_model_folder(self.out / "model", self.model, self.tokenizer, self.options["context"],
+                           {"step": self.trainer.step, "options": self.options, "train_seconds": round(self.trainer.seconds, 1),
+                            "held_out_perplexity": self.held_out_perplexity()})
 
     def sample_grid(self, path: Path, prompts=("The for statement", "Exceptions are"), tokens: int = 40) -> None:
         """Sampled continuations (temperature 0.8, seed 0) written as text next to the checkpoints."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -68,7 +69,7 @@ class TrainConfig:
 class StepStats:
     step: int  # optimizer steps done so far (1-based)
     steps: int  # the run's total
-    loss: float
+    loss: float  # the batch's loss (a GAN's step yields two, D's and G's: this is their sum)
     lr: float
     seconds: float  # wall time of this step
     items_per_s: float  # batch_size / seconds
@@ -220,6 +221,9 @@ class Trainer:
         from safetensors.torch import load_file
 
         meta = cls.read_meta(checkpoint)
+        saved_world, world = meta.get("processes", 1), int(os.environ.get("WORLD_SIZE", "1"))
+        check(saved_world == world, f"{checkpoint} was written by {saved_world} training process(es); "
+                                    f"resume it with the same number (torchrun --nproc_per_node {saved_world})")
         config = TrainConfig(**meta["config"])
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
@@ -236,9 +240,6 @@ class Trainer:
                 _, index, name = k.split(".", 2)
                 state.setdefault(int(index), {})[name] = v
         trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        saved_world = meta.get("processes", 1)
-        check(saved_world == trainer.world, f"{checkpoint} was written by {saved_world} training process(es); "
-                                            f"resume it with the same number (torchrun --nproc_per_node {saved_world})")
         own = f".{trainer.rank}" if trainer.rank else ""
         trainer.generator.set_state(tensors["generator" + own])
         if "dropout_rng" + own in tensors:  # checkpoints written before dropout start a fresh stream
