@@ -32,7 +32,8 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
     assert rows["gan"]["nfe"] == 1 and rows["ar-image"]["nfe"] == 64 and rows["diffusion"]["nfe"] == 20
     for name in ("gan", "ar-image", "diffusion"):
         assert rows[name]["accuracy"] > 0.8, name  # the bundled models draw the digit they are asked for
-        assert rows[name]["fid"] > rows["real digits"]["fid"] * 0.5
+        assert rows[name]["fid"] < 2 * rows["real digits"]["fid"], name  # real training digits score ~25 here
+        assert rows[name]["diversity"] > 0.5, name  # no collapse
     assert 0 < rows["ar-image"]["bits_per_dim"] < 4.09  # better than not knowing the digits
     assert rows["lm"]["perplexity"] < rows["diffusion-lm"]["perplexity_bound"] * 5
     tokens = [c["tokens"] for c in results["curves"]["lm"]]

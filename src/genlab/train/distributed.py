@@ -30,7 +30,10 @@ def setup() -> tuple[int, int]:
     Without torchrun this is (0, 1) and nothing else happens."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        import atexit
+
         dist.init_process_group("gloo")
+        atexit.register(dist.destroy_process_group)  # a group left open can abort the process as it exits
         if dist.get_rank() != 0:
             from ..progress import console
 
