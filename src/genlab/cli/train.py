@@ -114,8 +114,8 @@ def vae(
     from genlab.train.text2image import VaeRun
 
     check_every(checkpoint_every, sample_every)
-    given = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    run = VaeRun.resume(out, given) if resume else VaeRun.create(out, VAE_DEFAULTS | given)
+    run = start_run(VaeRun, out, resume, VAE_DEFAULTS,
+                    steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.vae.parameters())
     console.print(("resuming" if resume else "training") + f" the shapes VAE ({n / 1e6:.2f}M parameters) at step "
                   f"{run.trainer.step} of {run.trainer.config.steps}")
@@ -146,9 +146,8 @@ def text2image(
 
     check_every(checkpoint_every, sample_every)
     check(images is None or images >= 1, f"--images must be at least 1, got {images}")
-    given = {k: v for k, v in dict(vae=vae, images=images, steps=steps, batch_size=batch_size, lr=lr, seed=seed).items()
-             if v is not None}
-    run = Text2ImageRun.resume(out, given) if resume else Text2ImageRun.create(out, TEXT2IMAGE_DEFAULTS | given)
+    run = start_run(Text2ImageRun, out, resume, TEXT2IMAGE_DEFAULTS,
+                    vae=vae, images=images, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.model.unet.parameters())
     console.print(("resuming" if resume else "training") + f" the text-to-image UNet ({n / 1e6:.2f}M parameters) at step "
                   f"{run.trainer.step} of {run.trainer.config.steps}; encoding {run.images} captioned pictures first")
@@ -178,7 +177,7 @@ def gan(
     d_lr_scale: Annotated[Optional[float], typer.Option("--d-lr-scale", help="The discriminator's learning rate over the "
                                                         "generator's (TTUR). [default: 1]")] = None,
     mode_seeking: Annotated[Optional[float], typer.Option("--mode-seeking", help="Weight of the mode-seeking term: G pays when "
-                                                          "two noises give the same image (0 = off). [default: 0.3]")] = None,
+                    "two noises give the same image (0 = off). [default: 0.3]")] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the weights that model/ keeps; 0 keeps the last weights. "
                                                     "[default: 0.999]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights and every draw. [default: 0]")] = None,
@@ -201,12 +200,9 @@ def gan(
     check(all(v is None or v >= 1 for v in (width, latent)), f"--width and --latent must be at least 1, got {width} and {latent}")
     check(d_lr_scale is None or d_lr_scale > 0, f"--d-lr-scale must be positive, got {d_lr_scale}")
     check(mode_seeking is None or mode_seeking >= 0, f"--mode-seeking must be 0 or more, got {mode_seeking}")
-    given = {k: v for k, v in dict(data=data, resolution=resolution, latent=latent, width=width, loss=loss, steps=steps,
-                                   batch_size=batch_size, lr=lr, d_lr_scale=d_lr_scale, mode_seeking=mode_seeking, ema=ema,
-                                   seed=seed).items()
-             if v is not None}
-    given = absolute_data(given)
-    run = GanRun.resume(out, given) if resume else GanRun.create(out, GAN_DEFAULTS | given)
+    run = start_run(GanRun, out, resume, GAN_DEFAULTS,
+                    data=data, resolution=resolution, latent=latent, width=width, loss=loss, steps=steps,
+                    batch_size=batch_size, lr=lr, d_lr_scale=d_lr_scale, mode_seeking=mode_seeking, ema=ema, seed=seed)
     g, d = (sum(p.numel() for p in net.parameters()) for net in (run.gan.generator, run.gan.discriminator))
     c = run.gan.config
     console.print(f"{len(run.data.x)} images of {c.channels}x{c.resolution}x{c.resolution} · generator {g / 1e6:.2f}M, "
@@ -254,16 +250,22 @@ def ar_image(
     check_every(checkpoint_every, sample_every)
     check(ema is None or 0 <= ema < 1, f"--ema must be in [0, 1), got {ema}")
     check(resolution is None or 4 <= resolution <= 32, f"--resolution must be between 4 and 32 (the sequence is its square), got {resolution}")
-    given = {k: v for k, v in dict(data=data, resolution=resolution, levels=levels, width=width, layers=layers, heads=heads,
-                                   steps=steps, batch_size=batch_size, lr=lr, ema=ema, seed=seed).items() if v is not None}
-    given = absolute_data(given)
-    run = ArImageRun.resume(out, given) if resume else ArImageRun.create(out, AR_IMAGE_DEFAULTS | given)
+    run = start_run(ArImageRun, out, resume, AR_IMAGE_DEFAULTS,
+                    data=data, resolution=resolution, levels=levels, width=width, layers=layers, heads=heads, steps=steps,
+                    batch_size=batch_size, lr=lr, ema=ema, seed=seed)
     n, gpt = sum(p.numel() for p in run.gpt.model.parameters()), run.gpt
     console.print(f"{len(run.data.x)} images ({len(run.held_out.x)} held out) as {gpt.side * gpt.side} pixels of "
                   f"{gpt.levels} levels · GPT {n / 1e6:.2f}M parameters · " + ("resuming" if resume else "training")
                   + f" at step {run.trainer.step} of {run.trainer.config.steps}")
     fit(run, out, checkpoint_every, sample_every)
     console.print(f"held-out NLL {run.held_out_bits():.3f} bits/dim; model saved in {out / 'model'}")
+
+
+def start_run(run_class, out: Path, resume: bool, defaults: dict, **options):
+    """The run behind a `train` command: the options the user gave (None = not given) over the
+    defaults, or with --resume the saved run, which checks the options given again."""
+    given = absolute_data({k: v for k, v in options.items() if v is not None})
+    return run_class.resume(out, given) if resume else run_class.create(out, defaults | given)
 
 
 def absolute_data(given: dict, named: tuple[str, ...] = ("digits", "pydoc")) -> dict:
@@ -303,10 +305,9 @@ def lm(
     from genlab.train.lm import LmRun
 
     check_every(checkpoint_every, sample_every)
-    given = {k: v for k, v in dict(data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads,
-                                   steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    given = absolute_data(given)
-    run = LmRun.resume(out, given) if resume else LmRun.create(out, LM_DEFAULTS | given)
+    run = start_run(LmRun, out, resume, LM_DEFAULTS,
+                    data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads, steps=steps,
+                    batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.model.parameters())
     console.print(f"{len(run.train_ids):,} training tokens, {len(run.held_out_ids):,} held out · vocabulary "
                   f"{run.tokenizer.get_vocab_size()} · GPT {n / 1e6:.2f}M parameters · "
@@ -326,7 +327,7 @@ def diffusion_lm(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (load it with "
                                            "genlab.train.diffusion_lm.DiffusionLm.load).")] = Path("runs/diffusion-lm"),
     vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="BPE vocabulary trained on the data (as "
-                                                                           "`genlab train lm`'s), plus one MASK id. [default: 4096]")] = None,
+                    "`genlab train lm`'s), plus one MASK id. [default: 4096]")] = None,
     context: Annotated[Optional[int], typer.Option(help="Tokens per training window (and the model's context). [default: 128]")] = None,
     width: Annotated[Optional[int], typer.Option(help="Model width. [default: 256]")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Transformer blocks. [default: 4]")] = None,
@@ -352,10 +353,9 @@ def diffusion_lm(
     from genlab.train.diffusion_lm import DiffusionLmRun
 
     check_every(checkpoint_every, sample_every)
-    given = {k: v for k, v in dict(data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads,
-                                   steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    given = absolute_data(given)
-    run = DiffusionLmRun.resume(out, given) if resume else DiffusionLmRun.create(out, DIFFUSION_LM_DEFAULTS | given)
+    run = start_run(DiffusionLmRun, out, resume, DIFFUSION_LM_DEFAULTS,
+                    data=data, vocab_size=vocab_size, context=context, width=width, layers=layers, heads=heads, steps=steps,
+                    batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.model.parameters())
     console.print(f"{len(run.train_ids):,} training tokens, {len(run.held_out_ids):,} held out · vocabulary "
                   f"{run.tokenizer.get_vocab_size()} + MASK · diffusion LM {n / 1e6:.2f}M parameters · "
