@@ -44,3 +44,43 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
         assert (tmp_path / f"{figure}.png").stat().st_size > 5000 and f"({figure}.png)" in md
     html = (tmp_path / "report.html").read_text()
     assert "<table>" in html and '<img alt="samples" src="samples.png">' in html
+
+
+@pytest.mark.slow
+def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monkeypatch):
+    """The full path at toy scale: each family trained from scratch into runs/, measured from there; a second
+    compare resumes the finished runs instead of training again."""
+    import genlab.cli.compare as cli_compare
+    import genlab.cli.train as train
+    import genlab.compare as compare
+
+    tiny = {"steps": 3, "seed": 0}
+    monkeypatch.setattr(train, "GAN_DEFAULTS", train.GAN_DEFAULTS | tiny | {"width": 16, "batch_size": 16})
+    monkeypatch.setattr(train, "AR_IMAGE_DEFAULTS", train.AR_IMAGE_DEFAULTS | tiny | {"width": 32, "layers": 1})
+    monkeypatch.setattr(train, "DEFAULTS", train.DEFAULTS | {"batch_size": 16})
+    monkeypatch.setattr(cli_compare, "DIFFUSION_STEPS", 3)
+    text = tiny | {"vocab_size": 300, "width": 32, "layers": 1, "heads": 2, "context": 192, "batch_size": 4}
+    monkeypatch.setattr(train, "LM_DEFAULTS", train.LM_DEFAULTS | text)
+    monkeypatch.setattr(train, "DIFFUSION_LM_DEFAULTS", train.DIFFUSION_LM_DEFAULTS | text)
+    monkeypatch.setitem(compare.SAMPLES, False, 20)
+    monkeypatch.setitem(compare.DIFFUSION_SWEEP, False, (2, compare.ROW_STEPS))
+
+    code, out, err = run(["compare", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is False and results["samples"] == 20 and results["resumed"] == []
+    rows = results["rows"]
+    for family in compare.FAMILIES:
+        model = tmp_path / "runs" / family / "model"
+        assert model.is_dir() and (tmp_path / "runs" / family / "checkpoints").is_dir(), family
+        assert rows[family]["train_seconds"] > 0, family  # measured in this run, not read from a bundled model
+    assert rows["ar-image"]["params"] < 100_000 and rows["lm"]["params"] < 100_000  # the toy models, not the bundled ones
+    assert [p["steps"] for p in results["curves"]["diffusion"]] == [2, compare.ROW_STEPS]
+    assert "full (every model retrained from scratch in this run)" in (tmp_path / "report.md").read_text()
+
+    code, out, err = run(["compare", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(again["resumed"]) == sorted(compare.FAMILIES)
+    for family in compare.FAMILIES:  # the finished runs were not trained again
+        assert again["rows"][family]["train_seconds"] == rows[family]["train_seconds"], family

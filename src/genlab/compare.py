@@ -35,6 +35,8 @@ ROW_STEPS = 20  # the diffusion model's row in the table: its default, DPM-Solve
 TEXT_LENGTHS = (16, 32, 64, 120)  # GPT output lengths timed (64 is the table's row)
 MDLM_STEPS = (8, 16, 32, 64)  # unmasking steps for 64 tokens (64 is the table's row)
 TEXT_PROMPTS = ("The for statement", "Exceptions are", "A class definition", "The import system")
+SAMPLES = {True: 250, False: 1000}  # images per image family: --quick, or the full run
+DIFFUSION_SWEEP = {True: (1, 2, 5, 10, ROW_STEPS, 50), False: (1, 2, 5, 10, ROW_STEPS, 50, 100, 250)}  # steps timed and scored
 
 
 @dataclass
@@ -57,13 +59,9 @@ class Models:
         return cls({f: bundled_weights(names[f], made_by[f]) for f in FAMILIES})
 
 
-def diffusion_sweep(quick: bool) -> tuple[int, ...]:
-    return (1, 2, 5, 10, ROW_STEPS, 50) if quick else (1, 2, 5, 10, ROW_STEPS, 50, 100, 250)
-
-
 def stages(quick: bool) -> int:
     """How many times measure() calls on_stage: for a progress bar."""
-    return 2 + len(diffusion_sweep(quick)) + 1 + len(MDLM_STEPS)
+    return 2 + len(DIFFUSION_SWEEP[quick]) + 1 + len(MDLM_STEPS)
 
 
 @dataclass
@@ -94,7 +92,7 @@ def measure(models: Models, quick: bool = True, on_stage: Callable[[str], None] 
     import platform
 
     start = time.perf_counter()
-    r = Results(quick=quick, samples=250 if quick else 1000, resumed=models.resumed)
+    r = Results(quick=quick, samples=SAMPLES[quick], resumed=models.resumed)
     from .text.engine import cpu_model
 
     r.machine = {"cpu": cpu_model() or platform.machine(), "threads": torch.get_num_threads(),
@@ -153,7 +151,7 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
     r.unfolding["ar-image"] = [partial_image(frames[i], gpt) for i in (7, 15, 23, 31, 39, 47, 55, 63)]  # 8, 16, ... pixels
 
     gen = ImageGenerator(str(models.folders["diffusion"]), dtype="float32")
-    for steps in diffusion_sweep(r.quick):
+    for steps in DIFFUSION_SWEEP[r.quick]:
         on_stage(f"diffusion: DPM-Solver++ with {steps} steps")
         (x, calls), s = timed(lambda: gen.class_samples(labels, steps, seed=1))
         point = {"steps": steps, "nfe": calls, "s_per_sample": s / len(labels)} | quality(x)
