@@ -14,7 +14,7 @@ from genlab.progress import console, stage_progress
 @app.command()
 def compare(
     quick: Annotated[bool, typer.Option("--quick", help="Measure the bundled models (about 2 minutes) instead of retraining "
-                                                        "every family from scratch first (about 1.5 hours on 2 cores).")] = False,
+                                                        "every family from scratch first (about 1 hour on 2 cores).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.html, the PNG figures and results.json "
                                            "(and, without --quick, the training runs under runs/).")] = Path("compare"),
 ):
