@@ -43,7 +43,7 @@ def compare(
     console.print(f"report written to {path} and {path.with_suffix('.html')} ({results.seconds:.0f} s of measuring)")
 
 
-DIFFUSION_STEPS = 5000  # as the bundled digits model (`genlab train diffusion` alone defaults to 4000)
+DIFFUSION_STEPS = 7000  # as the bundled digits model (`genlab train diffusion` alone defaults to 4000)
 
 
 def retrain(runs: Path):

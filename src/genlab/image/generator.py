@@ -50,7 +50,7 @@ def _weights_folder(name: str) -> Path:
 
 
 def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
-    command = {"digits": "genlab train diffusion --steps 5000 --out runs/digits",
+    command = {"digits": "genlab train diffusion --steps 7000 --out runs/digits",
                "shapes": "genlab train vae, then genlab train text2image"}.get(name, "genlab train")
     return bundled_weights(BUNDLED[name], command)
 
