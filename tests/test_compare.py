@@ -50,15 +50,15 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
 def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monkeypatch):
     """The full path at toy scale: each family trained from scratch into runs/, measured from there; a second
     compare resumes the finished runs instead of training again."""
-    import genlab.cli.compare as cli_compare
     import genlab.cli.train as train
     import genlab.compare as compare
+    import genlab.image.generator as generator
 
     tiny = {"steps": 3, "seed": 0}
     monkeypatch.setattr(train, "GAN_DEFAULTS", train.GAN_DEFAULTS | tiny | {"width": 16, "batch_size": 16})
     monkeypatch.setattr(train, "AR_IMAGE_DEFAULTS", train.AR_IMAGE_DEFAULTS | tiny | {"width": 32, "layers": 1})
     monkeypatch.setattr(train, "DEFAULTS", train.DEFAULTS | {"batch_size": 16})
-    monkeypatch.setattr(cli_compare, "DIFFUSION_STEPS", 3)
+    monkeypatch.setattr(generator, "DIGITS_STEPS", 3)
     text = tiny | {"vocab_size": 300, "width": 32, "layers": 1, "heads": 2, "context": 192, "batch_size": 4}
     monkeypatch.setattr(train, "LM_DEFAULTS", train.LM_DEFAULTS | text)
     monkeypatch.setattr(train, "DIFFUSION_LM_DEFAULTS", train.DIFFUSION_LM_DEFAULTS | text)

@@ -49,10 +49,11 @@ class Models:
 
     @classmethod
     def bundled(cls) -> "Models":
+        from .image.generator import TRAIN_COMMANDS
         from .store import bundled_weights
 
         made_by = {"gan": "genlab train gan --out runs/gan", "ar-image": "genlab train ar-image --out runs/ar-image",
-                   "diffusion": "genlab train diffusion --steps 7000 --out runs/digits",
+                   "diffusion": TRAIN_COMMANDS["digits"],
                    "lm": "genlab train lm --out runs/lm", "diffusion-lm": "genlab train diffusion-lm --out runs/diffusion-lm"}
         names = {"gan": "digits-gan", "ar-image": "digits-ar", "diffusion": "digits-diffusion", "lm": "pydoc-gpt",
                  "diffusion-lm": "pydoc-mdlm"}

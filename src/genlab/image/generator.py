@@ -30,6 +30,9 @@ from .samplers import SAMPLERS, SampleStep, make_plan
 # Models trained by genlab and shipped in src/genlab/weights/ (see docs/models.md), by name.
 BUNDLED = {"digits": "digits-diffusion", "shapes": "shapes-text2image"}
 DEFAULT_MODEL = "digits"
+DIGITS_STEPS = 7000  # training steps of the bundled digits model (`genlab train diffusion` alone defaults to 4000)
+TRAIN_COMMANDS = {"digits": f"genlab train diffusion --steps {DIGITS_STEPS} --out runs/digits",
+                  "shapes": "genlab train vae, then genlab train text2image"}  # what rebuilds each bundled model
 
 
 def pick_model(prompt: str) -> str:
@@ -50,9 +53,7 @@ def _weights_folder(name: str) -> Path:
 
 
 def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
-    command = {"digits": "genlab train diffusion --steps 7000 --out runs/digits",
-               "shapes": "genlab train vae, then genlab train text2image"}.get(name, "genlab train")
-    return bundled_weights(BUNDLED[name], command)
+    return bundled_weights(BUNDLED[name], TRAIN_COMMANDS.get(name, "genlab train"))
 
 
 @dataclass
