@@ -1,15 +1,18 @@
 """Image quality: FID and class accuracy of the bundled digits model, per sampler and step count.
 
     python benchmarks/image_quality.py [--samples 1000] [--steps 5 10 20 50 1000] [--dtype bfloat16]
-                                       [--long-samplers ddpm]
+                                       [--long-samplers ddpm] [--sweep 1 1.25 1.5 2 3] [--seeds 3]
 
 For every sampler and step count it generates `samples` digits (an equal number of each
-class, the default guidance 1.5, fixed seeds), and measures with genlab's bundled digit classifier
+class, the model's default guidance, fixed seeds), and measures with genlab's bundled digit classifier
 (genlab/eval/digits.py):
   - FID against the 360 held-out real digits, next to the real-vs-real floor
     (the same number of real training digits against the same held-out set);
   - class accuracy: the share of samples the classifier calls the digit that was asked for.
 It prints a table, writes it as JSON, and plots FID against steps (docs/image_quality.png).
+Then the guidance sweep: DPM-Solver++ at 20 steps for each --sweep scale, drawn with --seeds
+different seeds, which shows both how guidance trades FID for accuracy and how far FID moves
+between seeds alone (the noise in every other figure).
 Runs above 100 steps cost ~10-20 minutes each on 2 cores; --long-samplers limits them to
 the samplers named (e.g. only the DDPM reference).
 The figures in docs/benchmarks.md come from this script.
@@ -40,7 +43,9 @@ def main():
     p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 1000])
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     p.add_argument("--long-samplers", nargs="+", default=list(SAMPLERS), help="samplers to run above 100 steps")
-    p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    p.add_argument("--sweep", type=float, nargs="*", default=[1.0, 1.25, 1.5, 2.0, 3.0], help="guidance scales for the sweep")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per guidance scale in the sweep")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (faster on CPUs with AVX-512 BF16)")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--json", type=Path, default=Path("docs/image_quality.json"))
@@ -50,8 +55,9 @@ def main():
 
     torch.manual_seed(0)
     gen = ImageGenerator(dtype=args.dtype)
+    args.guidance = gen.config.guidance if args.guidance is None else args.guidance
     clf = DigitClassifier.bundled()
-    res = gen.config.resolution
+    res = gen.model.pixel_shape[-1]  # the pictures' size (the bundled model denoises 8x8 and draws 16x16)
     held_out = digits(res, "test")
     held_feats = clf.features(held_out.x)
     floor = real_floor(clf, res, args.samples)
@@ -80,8 +86,9 @@ def main():
         rows = [r for r in old["rows"] if r["sampler"] not in args.samplers] + rows
         rows.sort(key=lambda r: (list(SAMPLERS).index(r["sampler"]), r["steps"]))
         commands = old["commands"] + commands
+    sweep = guidance_sweep(gen, clf, held_feats, labels, args) if args.sweep else []
     summary = {"samples": args.samples, "guidance": args.guidance, "dtype": args.dtype, "fid_floor": floor,
-               "commands": commands, "rows": rows}
+               "commands": commands, "rows": rows, "guidance_sweep": sweep}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1))
     ref = next((r for r in rows if r["sampler"] == "ddpm" and r["steps"] == 1000), None)
@@ -90,6 +97,23 @@ def main():
         print(f"DPM-Solver++ 20 steps FID {dpm['fid']:.2f} vs DDPM 1000 steps {ref['fid']:.2f}: "
               f"{100 * (dpm['fid'] / ref['fid'] - 1):+.1f}%")
     plot(rows, floor, args.plot)
+
+
+def guidance_sweep(gen, clf, held_feats, labels, args) -> list[dict]:
+    """DPM-Solver++ at 20 steps for each guidance scale, each drawn with seeds 1..args.seeds."""
+    print(f"guidance sweep: dpmpp 20 steps, seeds 1-{args.seeds}", flush=True)
+    print(f"{'guidance':>8} {'FID mean':>8} {'FID min':>7} {'FID max':>7} {'accuracy':>8}", flush=True)
+    out = []
+    for g in args.sweep:
+        fids, accs = [], []
+        for seed in range(1, args.seeds + 1):
+            x, _ = gen.class_samples(labels, 20, "dpmpp", g, seed=seed, batch=args.batch)
+            fids.append(fid(clf.features(x), held_feats))
+            accs.append(accuracy(clf, x, labels))
+        row = {"guidance": g, "fids": fids, "accuracies": accs}
+        out.append(row)
+        print(f"{g:8.2f} {sum(fids) / len(fids):8.2f} {min(fids):7.2f} {max(fids):7.2f} {sum(accs) / len(accs):8.3f}", flush=True)
+    return out
 
 
 def plot(rows, floor, path: Path):

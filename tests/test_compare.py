@@ -58,7 +58,7 @@ def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monke
     monkeypatch.setattr(train, "GAN_DEFAULTS", train.GAN_DEFAULTS | tiny | {"width": 16, "batch_size": 16})
     monkeypatch.setattr(train, "AR_IMAGE_DEFAULTS", train.AR_IMAGE_DEFAULTS | tiny | {"width": 32, "layers": 1})
     monkeypatch.setattr(train, "DEFAULTS", train.DEFAULTS | {"batch_size": 16})
-    monkeypatch.setattr(generator, "DIGITS_STEPS", 3)
+    monkeypatch.setitem(generator.DIGITS_OPTIONS, "steps", 3)
     text = tiny | {"vocab_size": 300, "width": 32, "layers": 1, "heads": 2, "context": 192, "batch_size": 4}
     monkeypatch.setattr(train, "LM_DEFAULTS", train.LM_DEFAULTS | text)
     monkeypatch.setattr(train, "DIFFUSION_LM_DEFAULTS", train.DIFFUSION_LM_DEFAULTS | text)

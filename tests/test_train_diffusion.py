@@ -143,3 +143,37 @@ def test_cli_resume_keeps_the_runs_own_total_and_refuses_changes(tmp_path, capsy
     assert_one_line_error(code, err, "--resume continues the run as it was saved: --lr is 0.002 there, not 0.1")
     code, _, err = run(["train", "diffusion", "--out", str(tmp_path / "r"), "--resume", "--steps", "5"], capsys)
     assert_one_line_error(code, err, "--steps must be more than the 6 steps already done, got 5")
+
+
+def test_an_upsampled_model_denoises_small_and_draws_large(tmp_path, capsys):
+    """--resolution 8 --upsample 2 (the bundled digits model's options): the UNet works on the digits' native
+    8x8, and its pictures are the bilinear 16x16 enlargements that the 16x16 training digits are made with."""
+    from genlab import ImageGenerator
+    from genlab.image.canvas import from_pil, png_bytes, read_image, to_pil
+
+    out = tmp_path / "run"
+    base = ["train", "diffusion", "--resolution", "8", "--batch-size", "8", "--sample-every", "0", "--out", str(out)]
+    code, _, err = run(base + ["--upsample", "2", "--steps", "2"], capsys)
+    assert code == 0 and "1x8x8" in err, err
+    gen = ImageGenerator(str(out))
+    assert gen.model.sample_shape == (1, 8, 8) and gen.model.pixel_shape == (1, 16, 16)
+    assert torch.equal(gen.model.decode(digits(8, "test").x), digits(16, "test").x)
+    [seven] = gen.generate("7", steps=3, seed=0)
+    assert seven.size == (16, 16)
+    code, _, err = run(["image", "7", "--model", str(out), "--steps", "3", "--seed", "0", "--out", str(tmp_path / "7.png")], capsys)
+    assert code == 0 and png_bytes(Image.open(tmp_path / "7.png")) == png_bytes(seven), err
+
+    # inpainting a 16x16 picture: the left half is kept (as the model sees it, its 8x8 average enlarged)
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.fromarray((torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(init)
+    Image.fromarray(torch.cat([torch.zeros(16, 8), torch.full((16, 8), 255.0)], 1).byte().numpy()).save(mask)
+    [painted] = gen.generate("7", init_image=str(init), mask=str(mask), steps=5, seed=0)
+    [kept] = to_pil(gen.model.decode(gen.model.encode(read_image(init, 16, 1))))
+    got, want = from_pil(painted), from_pil(kept)
+    assert torch.equal(got[..., :7], want[..., :7])  # output column 7 already blends in sample column 4, repainted
+    assert not torch.equal(got[..., 8:], want[..., 8:])
+
+    code, _, err = run(base + ["--upsample", "3", "--steps", "4", "--resume"], capsys)
+    assert_one_line_error(code, err, "--upsample is 2 there, not 3")
+    code, _, err = run(["train", "diffusion", "--upsample", "0", "--out", str(tmp_path / "r0")], capsys)
+    assert_one_line_error(code, err, "upsample must be an integer from 1 to 16, got 0")

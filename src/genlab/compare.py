@@ -170,7 +170,9 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
 
 def as_16(x: torch.Tensor) -> torch.Tensor:
     """8x8 digits upsampled exactly as image/data.py makes the 16x16 training digits."""
-    return torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).clamp(-1, 1)
+    from .image.data import enlarge
+
+    return enlarge(x, 16)
 
 
 def partial_image(tokens: torch.Tensor, gpt) -> torch.Tensor:

@@ -47,7 +47,7 @@ def retrain(runs: Path):
     """Train each family with its command's defaults into runs/<family>; an interrupted compare resumes each run."""
     from genlab.cli.train import AR_IMAGE_DEFAULTS, DEFAULTS, DIFFUSION_LM_DEFAULTS, GAN_DEFAULTS, LM_DEFAULTS, fit
     from genlab.compare import Models
-    from genlab.image.generator import DIGITS_STEPS
+    from genlab.image.generator import DIGITS_OPTIONS
     from genlab.train.ar_image import ArImageRun
     from genlab.train.diffusion import DiffusionRun
     from genlab.train.diffusion_lm import DiffusionLmRun
@@ -56,7 +56,7 @@ def retrain(runs: Path):
     from genlab.train.loop import Trainer
 
     plan = {"gan": (GanRun, GAN_DEFAULTS), "ar-image": (ArImageRun, AR_IMAGE_DEFAULTS),
-            "diffusion": (DiffusionRun, DEFAULTS | {"steps": DIGITS_STEPS}),  # as the bundled digits model
+            "diffusion": (DiffusionRun, DEFAULTS | DIGITS_OPTIONS),  # as the bundled digits model
             "lm": (LmRun, LM_DEFAULTS), "diffusion-lm": (DiffusionLmRun, DIFFUSION_LM_DEFAULTS)}
     folders, seconds, resumed = {}, {}, []
     for family, (run_class, options) in plan.items():

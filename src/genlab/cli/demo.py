@@ -44,14 +44,15 @@ def demo(
     from genlab.image.generator import ImageGenerator, ImageRequest
 
     images = ImageGenerator(device=device)
-    console.print(f"[bold]{DEMO_IMAGE_PROMPT}[/] (bundled digits diffusion model, DPM-Solver++ 20 steps, guidance 1.5, seed 0)")
+    console.print(f"[bold]{DEMO_IMAGE_PROMPT}[/] (bundled digits diffusion model, DPM-Solver++ 20 steps, "
+                  f"guidance {images.config.guidance}, seed 0)")
     result = images.run(ImageRequest(DEMO_IMAGE_PROMPT, n=8, steps=20, seed=0))
     image_out.parent.mkdir(parents=True, exist_ok=True)
     upscale(grid(result.images), 8).save(image_out)
     n_params = sum(p.numel() for p in images.model.parameters())
     image_line = (f"load {images.load_s:.2f} s · {result.model_calls} steps in {result.seconds:.2f} s · "
                   f"{result.steps_per_s:.1f} steps/s · {result.s_per_image:.3f} s/image ({n_params / 1e6:.2f}M parameters, "
-                  f"{len(result.images)} images of {images.config.resolution}x{images.config.resolution}) -> {image_out}")
+                  f"{len(result.images)} images of {result.images[0].width}x{result.images[0].height}) -> {image_out}")
     console.rule("[bold]side by side")
     console.print(f"[bold]text [/] {text_line}")
     console.print(f"[bold]image[/] {image_line}")

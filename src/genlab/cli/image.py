@@ -22,7 +22,7 @@ def image(
                                                         "Default: dpmpp (euler for rectified-flow models; a diffusers pipeline keeps its own).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps (heun calls the model about twice per step).")] = 20,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt "
-                                                           "harder. [default: the model's, 1.5 for digits]")] = None,
+                                                           "harder. [default: the model's, 1.25 for digits]")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (replaces the unconditional branch).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same PNG. Default: random, printed.")] = None,
     n: Annotated[int, typer.Option("-n", help="How many images; more than one are saved as a grid.")] = 1,

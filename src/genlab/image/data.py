@@ -48,8 +48,14 @@ def digits(resolution: int = 16, split: str = "train") -> ImageData:
     part = {"train": slice(0, DIGITS_TRAIN), "test": slice(DIGITS_TRAIN, None), "all": slice(None)}[split]
     x, y = x[part], y[part]
     if resolution != 8:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).clamp(-1, 1)
+        x = enlarge(x, resolution)
     return ImageData(x, y, [str(i) for i in range(10)])
+
+
+def enlarge(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, h, w) in [-1, 1] -> (B, C, size, size), bilinearly: how digits() makes its 16x16 digits
+    from the 8x8 originals, and how a model that denoises at 8x8 shows its samples (denoiser.py)."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
 
 
 def folder(root: Path, resolution: int | None) -> ImageData:

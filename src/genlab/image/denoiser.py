@@ -4,7 +4,8 @@ The network is diffusers' UNet2DModel. Its timestep embedding is added to every 
 block, and `num_class_embeds` adds a learned class embedding to it; one extra class,
 index `num_classes`, means "no class", which is what classifier-free guidance needs
 (Ho & Salimans 2022). genlab only chooses the sizes, which is where the 2-core budget
-lives: at 16x16, (32, 64, 64) channels with attention at 4x4 train at ~4 steps/s.
+lives: on one thread, (32, 64, 64) channels train at ~2.7 steps/s at 16x16 and ~8.5 steps/s
+at 8x8, the bundled digits model's size (it draws 16x16: see `upsample`).
 
 A model folder holds:
     genlab.json        DiffusionConfig: the sizes, the schedule, what the model predicts, the class names
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GenlabError, check
-from .data import DIGIT_WORDS
+from .data import DIGIT_WORDS, enlarge
 from .schedules import FlowSchedule, NoiseSchedule
 
 CONFIG_FILE = "genlab.json"
@@ -39,8 +40,9 @@ class DiffusionConfig:
     schedule: str = "cosine"  # "cosine", "linear" or "flow" (rectified flow), see schedules.py
     prediction: str = "v"  # "v" or "eps" for diffusion; "flow" (the velocity eps - x0) for rectified flow
     train_steps: int = 1000  # T, the number of noise levels
-    guidance: float = 1.5  # the default classifier-free guidance scale for sampling (docs/benchmarks.md)
+    guidance: float = 1.25  # the default classifier-free guidance scale for sampling (the digits FID sweep in docs/benchmarks.md)
     dropout: float = 0.0  # in every residual block while training (0.1 cuts the bundled model's held-out loss ~15%, not its FID)
+    upsample: int = 1  # pictures are resolution * upsample pixels wide: the samples, enlarged bilinearly (see Denoiser.decode)
 
     def __post_init__(self):
         self.widths, self.attention_levels = tuple(self.widths), tuple(self.attention_levels)
@@ -50,6 +52,7 @@ class DiffusionConfig:
         check(self.prediction in ("v", "eps", "flow") and (self.prediction == "flow") == (self.schedule == "flow"),
               f"prediction must be v or eps, got {self.prediction!r}")
         check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        check(isinstance(self.upsample, int) and 1 <= self.upsample <= 16, f"upsample must be an integer from 1 to 16, got {self.upsample!r}")
         check(self.resolution % 2 ** (len(self.widths) - 1) == 0,
               f"image size {self.resolution} must be a multiple of {2 ** (len(self.widths) - 1)} for a {len(self.widths)}-level UNet; "
               f"pass --resolution N with N a multiple of {2 ** (len(self.widths) - 1)}")
@@ -134,16 +137,28 @@ class Denoiser(torch.nn.Module):
     def sample_shape(self) -> tuple[int, int, int]:
         return self.config.channels, self.config.resolution, self.config.resolution
 
-    pixel_shape = sample_shape  # this model samples pixels directly
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        size = self.config.resolution * self.config.upsample
+        return self.config.channels, size, size
+
+    # With upsample > 1 the network denoises small pictures and shows them enlarged. The bundled
+    # digits model does this: scikit-learn's digits are 8x8, and its 16x16 training pictures
+    # (data.digits) are only their bilinear enlargements, so denoising the 8x8 originals and
+    # enlarging the result the same way gives the same kind of picture for a third of the time per
+    # step, with no extra dimensions for the sampler to drift in (docs/benchmarks.md, image quality).
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        """Samples -> pixels: the enlargement data.digits makes its 16x16 digits with."""
+        return x if self.config.upsample == 1 else enlarge(x.clamp(-1, 1), self.pixel_shape[-1])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        """Pixels -> samples (an img2img init picture): the area average of each upsample x upsample block."""
+        return x if self.config.upsample == 1 else torch.nn.functional.avg_pool2d(x, self.config.upsample)
 
     def mask_to_sample(self, mask: torch.Tensor) -> torch.Tensor:
-        return mask
+        """An inpainting mask at pixel size -> sample size: a sample pixel is repainted if any pixel it covers is."""
+        return mask if self.config.upsample == 1 else torch.nn.functional.max_pool2d(mask, self.config.upsample)
 
 
 def parse_prompt(prompt: str, class_names: list[str]) -> int:

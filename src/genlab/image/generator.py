@@ -30,8 +30,9 @@ from .samplers import SAMPLERS, SampleStep, make_plan
 # Models trained by genlab and shipped in src/genlab/weights/ (see docs/models.md), by name.
 BUNDLED = {"digits": "digits-diffusion", "shapes": "shapes-text2image"}
 DEFAULT_MODEL = "digits"
-DIGITS_STEPS = 7000  # training steps of the bundled digits model (`genlab train diffusion` alone defaults to 4000)
-TRAIN_COMMANDS = {"digits": f"genlab train diffusion --steps {DIGITS_STEPS} --out runs/digits",
+# How the bundled digits model was trained: `genlab train diffusion`'s options that differ from its defaults
+DIGITS_OPTIONS = {"resolution": 8, "upsample": 2, "steps": 7000}
+TRAIN_COMMANDS = {"digits": " ".join(["genlab train diffusion"] + [f"--{k} {v}" for k, v in DIGITS_OPTIONS.items()] + ["--out runs/digits"]),
                   "shapes": "genlab train vae, then genlab train text2image"}  # what rebuilds each bundled model
 
 

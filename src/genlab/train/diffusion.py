@@ -29,6 +29,7 @@ from ..image.schedules import FlowSchedule, NoiseSchedule
 from ..store import atomic_dir
 from .loop import StepStats, Trainer, TrainConfig, resume_steps
 
+MODEL_OPTIONS = ("prediction", "schedule", "dropout", "upsample")  # the CLI options that go into DiffusionConfig
 P_UNCOND = 0.1  # how often the label is dropped (Ho & Salimans 2022 use 0.1-0.2)
 
 
@@ -90,11 +91,12 @@ class DiffusionRun:
 
     @classmethod
     def create(cls, out: Path, options: dict) -> "DiffusionRun":
-        """A new run from the CLI's options (data, steps, batch_size, lr, seed, resolution, prediction, schedule, dropout)."""
+        """A new run from the CLI's options (data, steps, batch_size, lr, seed, resolution, and the model's:
+        prediction, schedule, dropout, upsample)."""
         o = dict(options)
         data = o.pop("data")
         data = data if data == "digits" else str(Path(data).expanduser().resolve())  # resumable from anywhere
-        model = DiffusionConfig(prediction=o.pop("prediction"), schedule=o.pop("schedule"), dropout=o.pop("dropout"))
+        model = DiffusionConfig(**{k: o.pop(k) for k in MODEL_OPTIONS})
         resolution = o.pop("resolution")
         return cls.start(TrainConfig(**o), data, out, resolution, model)
 
@@ -104,8 +106,8 @@ class DiffusionRun:
         again: they must match the run, except `steps`, which may extend it."""
         checkpoint, meta = Trainer.newest_run_checkpoint(out)
         extra, saved = meta["extra"], meta["config"] | {"data": meta["extra"]["data"], "resolution": meta["extra"]["resolution"]}
-        model_options = {"dropout": 0.0} | extra["model"]  # runs saved before genlab had --dropout trained without it
-        saved |= {k: model_options[k] for k in ("prediction", "schedule", "dropout")}
+        model_options = {"dropout": 0.0, "upsample": 1} | extra["model"]  # runs saved before genlab had these options
+        saved |= {k: model_options[k] for k in MODEL_OPTIONS}
         same = lambda key, was, now: was == now or (key == "data" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
         steps = resume_steps(saved, given or {}, meta["step"], same)
         model = Denoiser(DiffusionConfig(**model_options))
@@ -144,6 +146,6 @@ class DiffusionRun:
         columns = [gen.generate(name, n=per_class, steps=steps, seed=0) for name in c.class_names] or \
                   [gen.generate("anything", n=per_class, steps=steps, seed=0)]
         cells = [column[row] for row in range(per_class) for column in columns]  # row-major: classes across
-        save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // c.resolution)), path, "sample grid")
+        save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // ema.pixel_shape[-1])), path, "sample grid")
         self.model.train()
         return path

@@ -83,7 +83,7 @@ class ImageLoraRun:
         c = model.config
         data = load_images(options["data"], c.resolution)
         check(tuple(data.x.shape[1:]) == (c.channels, c.resolution, c.resolution),
-              f"--data images are {tuple(data.x.shape[1:])} (channels, height, width) but the model draws "
+              f"--data images are {tuple(data.x.shape[1:])} (channels, height, width) but the model denoises "
               f"{(c.channels, c.resolution, c.resolution)}")
         data = relabel(data, c.class_names, options["data"])
         config = lora_config(model.unet, options["rank"], options["alpha"], options["dropout"], options["targets"])
@@ -123,5 +123,5 @@ class ImageLoraRun:
         names = self.model.config.class_names or ["anything"]
         columns = [gen.generate(name, n=per_class, steps=steps, seed=0) for name in names]
         cells = [column[row] for row in range(per_class) for column in columns]
-        save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // self.model.config.resolution)), path, "sample grid")
+        save_png(upscale(grid(cells, columns=len(columns)), max(1, 64 // self.model.pixel_shape[-1])), path, "sample grid")
         self.model.train()
