@@ -180,7 +180,9 @@ def _dpmpp(model: Denoiser, x: torch.Tensor, plan: Plan, generator, keep: Keep |
             alpha_s, alpha_n = 1 / math.sqrt(1 + s * s), 1 / math.sqrt(1 + s_next * s_next)
             h = lam(s_next) - lam(s)
             d = x0
-            if prev_x0 is not None:  # 2M: extrapolate x0 linearly in lambda (eq. in Alg. 2, r = h_prev / h)
+            if prev_x0 is not None and h > 0 and prev_h > 0:  # 2M: extrapolate x0 linearly in lambda (eq. in
+                # Alg. 2, r = h_prev / h). h is 0 only when `steps` equals T and rounding repeats a timestep:
+                # that step leaves x as it is, and the extrapolation is skipped around it.
                 r = prev_h / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
             ratio = (s_next * alpha_n) / (s * alpha_s)
