@@ -146,7 +146,7 @@ class Denoiser(torch.nn.Module):
     # digits model does this: scikit-learn's digits are 8x8, and its 16x16 training pictures
     # (data.digits) are only their bilinear enlargements, so denoising the 8x8 originals and
     # enlarging the result the same way gives the same kind of picture for a third of the time per
-    # step, with no extra dimensions for the sampler to drift in (docs/benchmarks.md, image quality).
+    # step, with no empty dimensions to learn (docs/benchmarks.md, image quality).
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples -> pixels: the enlargement data.digits makes its 16x16 digits with."""
