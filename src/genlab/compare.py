@@ -106,7 +106,7 @@ def measure(models: Models, quick: bool = True, on_stage: Callable[[str], None] 
 
 def measure_images(models: Models, r: Results, on_stage) -> None:
     from .eval.digits import DigitClassifier, accuracy, diversity, fid
-    from .image.data import digits
+    from .image.data import digits, enlarge
     from .image.gan import Gan
     from .image.generator import ImageGenerator
     from .image.pixel_gpt import PixelGpt
@@ -143,11 +143,11 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
         x, s = timed(lambda: gpt.generate(labels, seed=1))
         held8 = digits(8, "test")
         bits = gpt.bits_per_dim(held8.x, held8.labels)
-    x = as_16(x)  # the other families learned the digits as 16x16 bilinear upsamplings: judge all alike
+    x = enlarge(x, 16)  # the other families learned the digits as 16x16 bilinear upsamplings: judge all alike
     r.rows["ar-image"] = {"modality": "image", "params": params(gpt.model), "nfe": gpt.side ** 2, "s_per_sample": s / len(labels),
                           "train_seconds": models.train_seconds.get("ar-image", gpt.info.get("train_seconds")),
                           "bits_per_dim": bits} | quality(x)
-    r.images["ar-image"] = as_16(gpt.generate(grid_labels, seed=0))
+    r.images["ar-image"] = enlarge(gpt.generate(grid_labels, seed=0), 16)
     frames = list(gpt.unfold(torch.tensor([7]), seed=0))
     r.unfolding["ar-image"] = [partial_image(frames[i], gpt) for i in (7, 15, 23, 31, 39, 47, 55, 63)]  # 8, 16, ... pixels
 
@@ -166,13 +166,6 @@ def measure_images(models: Models, r: Results, on_stage) -> None:
     r.images["diffusion"], _ = gen.class_samples(grid_labels, ROW_STEPS, seed=0)
     result = gen.run(_request("7", steps=8, trajectory_frames=9))
     r.unfolding["diffusion"] = result.trajectory[1:]  # x_t after each of the 8 steps
-
-
-def as_16(x: torch.Tensor) -> torch.Tensor:
-    """8x8 digits upsampled exactly as image/data.py makes the 16x16 training digits."""
-    from .image.data import enlarge
-
-    return enlarge(x, 16)
 
 
 def partial_image(tokens: torch.Tensor, gpt) -> torch.Tensor:
