@@ -120,6 +120,8 @@ def main():
     args = p.parse_args()
 
     gen = ImageGenerator(args.model)
+    if not hasattr(gen.model, "encoder"):
+        p.error(f"--model {args.model} is not a text-to-image model; the probe needs one trained on the shapes world")
     result = {"model": args.model,
               "relation_flip": follows_flip(gen, specs_of("relation", args.specs)),
               "side_flip": follows_flip(gen, specs_of("position", args.specs)),
