@@ -33,11 +33,10 @@ import torch  # noqa: E402
 from genlab.image.canvas import from_pil  # noqa: E402
 from genlab.image.generator import ImageGenerator  # noqa: E402
 from genlab.image.samplers import x0_and_eps  # noqa: E402
-from genlab.image.shapes import COLORS, ShapesWorld, describe, place, render  # noqa: E402
+from genlab.image.shapes import COLORS, RELATIONS, ShapesWorld, describe, place, render  # noqa: E402
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
         "left": "right", "right": "left", "top": "bottom", "bottom": "top"}
-SIDE_OF_FIRST = {"left of": 0, "right of": 1, "above": 2, "below": 3}  # where a relation puts its first object
 
 
 def specs_of(kind: str, n: int, seed: int = 77) -> list:
@@ -85,7 +84,7 @@ def readout(encoder, steps: int = 1500, seed: int = 0) -> dict[str, float]:
             if spec.kind == "relation" and spec.objects[0].color != spec.objects[1].color:
                 which = i % 2  # ask for the first object's side, or the second's
                 captions.append(caption)
-                sides.append(SIDE_OF_FIRST[spec.where] ^ which)  # 0/1 and 2/3 are opposite sides
+                sides.append(RELATIONS.index(spec.where) ^ which)  # the first object's side; 0/1 and 2/3 are opposites
                 answers.append(colors.index(spec.objects[which].color))
         return encoder(captions)[0], torch.tensor(sides), torch.tensor(answers)
 
