@@ -7,8 +7,7 @@ import pytest
 
 from genlab.errors import GenlabError
 from genlab.eval.shapes import detect, satisfies
-from genlab.image.shapes import (COLORS, HELDOUT_COMBOS, RADIUS, RELATIONS, SIDES, ShapesWorld, Spec, Want, masks, object_spans,
-                                 parse, render)
+from genlab.image.shapes import COLORS, HELDOUT_COMBOS, RELATIONS, SIDES, ShapesWorld, Spec, Want, parse, render
 
 SPLITS = ["train", "heldout-phrasing", "heldout-combo"]
 
@@ -106,28 +105,3 @@ def test_parse_reads_free_phrasings():
     assert parse("a big blue square to the right of a small yellow triangle") == \
         Spec("relation", (Want("square", "blue", "big"), Want("triangle", "yellow", "small")), "right of")
     assert parse("an orange triangle at the bottom") == Spec("position", (Want("triangle", "orange"),), "bottom")
-
-
-AREA = {"circle": np.pi, "square": 4.0, "triangle": 2.0}  # in units of the radius squared
-
-
-def test_masks_cover_each_object_where_it_is_drawn():
-    for scene, caption in examples("train", 60):
-        full, small = np.array(masks(scene)), np.array(masks(scene, 8))
-        assert full.shape == (len(scene.objects), 32, 32) and small.shape == (len(scene.objects), 8, 8)
-        lit = np.asarray(render(scene)).sum(-1) > 0
-        for o, m in zip(scene.objects, full):
-            r = RADIUS[o.size] + 1 / 8  # PIL fills both ends of a span: a quarter pixel wider at 4x
-            assert m.sum() == pytest.approx(AREA[o.shape] * r**2, rel=0.03), caption
-            assert lit[m > 0.5].all(), caption
-        assert not lit[full.sum(0) == 0].any(), caption  # nothing drawn outside the objects
-        # the coarse grid is the fine grid averaged over 4x4 cells
-        assert np.allclose(small, full.reshape(len(full), 8, 4, 8, 4).mean((2, 4)), atol=0.02), caption
-
-
-@pytest.mark.parametrize("split", SPLITS)
-def test_object_spans_name_each_object_in_order(split):
-    for scene, caption in examples(split, 200):
-        named = [parse(caption[a:b]).objects[0] for a, b in object_spans(caption)]
-        assert tuple(named) == scene.spec.objects[:len(named)], caption
-        assert len(named) == (2 if scene.spec.kind in ("relation", "two") else 1), caption

@@ -97,7 +97,7 @@ def check_every(checkpoint_every: int, sample_every: int) -> None:
 
 
 VAE_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
-TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "binding": 0.0, "steps": 7000, "batch_size": 64, "lr": 1e-3, "seed": 0}
+TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "steps": 7000, "batch_size": 64, "lr": 1e-3, "seed": 0}
 
 
 @train_app.command()
@@ -133,8 +133,6 @@ def text2image(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (use it with genlab image --model).")] = Path("runs/shapes"),
     images: Annotated[Optional[int], typer.Option(help="Captioned pictures in the training pool, encoded once at the start. "
                                                        "[default: 20000]")] = None,
-    binding: Annotated[Optional[float], typer.Option(help="Weight of the binding loss: each object's words in the caption attend to "
-                                                          "where that object is (0 = off). [default: 0]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 7000]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
@@ -152,9 +150,8 @@ def text2image(
 
     check_every(checkpoint_every, sample_every)
     check(images is None or images >= 1, f"--images must be at least 1, got {images}")
-    check(binding is None or binding >= 0, f"--binding must be 0 or more, got {binding}")
     run = start_run(Text2ImageRun, out, resume, TEXT2IMAGE_DEFAULTS,
-                    vae=vae, images=images, binding=binding, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+                    vae=vae, images=images, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.model.unet.parameters())
     console.print(("resuming" if resume else "training") + f" the text-to-image UNet ({n / 1e6:.2f}M parameters) at step "
                   f"{run.trainer.step} of {run.trainer.config.steps}; encoding {run.images} captioned pictures first")

@@ -215,32 +215,14 @@ def render(scene: Scene, scale: int = 4):
     big = Image.new("RGB", (SIZE * scale, SIZE * scale))
     draw = ImageDraw.Draw(big)
     for o in scene.objects:
-        _draw(draw, o, scale, COLORS[o.color])
+        x, y, r, fill = o.x * scale, o.y * scale, RADIUS[o.size] * scale, COLORS[o.color]
+        if o.shape == "circle":
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+        elif o.shape == "square":
+            draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+        else:  # a triangle pointing up, as wide as it is tall
+            draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
     return big.resize((SIZE, SIZE), Image.Resampling.BOX)
-
-
-def masks(scene: Scene, size: int = SIZE, scale: int = 4) -> list[list[list[float]]]:
-    """Where each object is, as a size x size grid per object: the fraction of every cell it
-    covers (0 to 1). Training uses them at the latent's size (train/text2image.py)."""
-    from PIL import Image, ImageDraw
-
-    out = []
-    for o in scene.objects:
-        big = Image.new("L", (SIZE * scale, SIZE * scale))
-        _draw(ImageDraw.Draw(big), o, scale, 255)
-        small = big.resize((size, size), Image.Resampling.BOX)
-        out.append([[small.getpixel((x, y)) / 255 for x in range(size)] for y in range(size)])
-    return out
-
-
-def _draw(draw, o: Obj, scale: int, fill) -> None:
-    x, y, r = o.x * scale, o.y * scale, RADIUS[o.size] * scale
-    if o.shape == "circle":
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-    elif o.shape == "square":
-        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
-    else:  # a triangle pointing up, as wide as it is tall
-        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
 
 
 # --- reading captions back -----------------------------------------------------------------
@@ -250,16 +232,6 @@ _OBJECT = re.compile(_COUNT + r"(?:(?P<size>small|big)\s+)?(?:(?P<color>" + "|".
                      r"(?P<shape>" + "|".join(SHAPES) + r")(?P<plural>s)?\b")
 _SIDE = re.compile(r"\b(?:on|at|in) the (?P<side>left|right|top|bottom)\b")
 _RELATION = re.compile(r"\b(?P<rel>to the left of|left of|to the right of|right of|above|below)\b")
-
-
-def object_spans(caption: str) -> list[tuple[int, int]]:
-    """Where each object is named in a lower-case caption: the (start, end) characters of its
-    size, colour and shape words ("a red circle above two..." -> [(2, 12), ...]), in order."""
-    spans = []
-    for m in _OBJECT.finditer(caption):
-        first = next(name for name in ("size", "color", "shape") if m[name])
-        spans.append((m.start(first), m.end()))
-    return spans
 
 
 def parse(text: str, first_two: bool = False) -> Spec:
