@@ -39,14 +39,19 @@ FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below":
         "left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
 
-def specs_of(kind: str, n: int, seed: int = 77) -> list:
-    world, out, i = ShapesWorld("train", seed), [], 0
-    while len(out) < n:
-        scene, _ = world.example(i)
-        i += 1
+def distinct_colored(kind: str, split: str, seed: int):
+    """(index, scene, caption) for the examples of a kind whose objects all differ in colour, in order."""
+    world, i = ShapesWorld(split, seed), 0
+    while True:
+        scene, caption = world.example(i)
         if scene.spec.kind == kind and len({w.color for w in scene.spec.objects}) == len(scene.spec.objects):
-            out.append(scene.spec)
-    return out
+            yield i, scene, caption
+        i += 1
+
+
+def specs_of(kind: str, n: int, seed: int = 77) -> list:
+    examples = distinct_colored(kind, "train", seed)
+    return [next(examples)[1].spec for _ in range(n)]
 
 
 @torch.no_grad()
@@ -76,16 +81,14 @@ def readout(encoder, steps: int = 1500, seed: int = 0) -> dict[str, float]:
     colors = list(COLORS)
 
     def examples(split: str, n: int):
-        world, captions, sides, answers, i = ShapesWorld(split, 3 if split == "train" else 4), [], [], [], 0
-        while len(captions) < n:
-            scene, caption = world.example(i)
-            i += 1
-            spec = scene.spec
-            if spec.kind == "relation" and spec.objects[0].color != spec.objects[1].color:
-                which = i % 2  # ask for the first object's side, or the second's
-                captions.append(caption)
-                sides.append(RELATIONS.index(spec.where) ^ which)  # the first object's side; 0/1 and 2/3 are opposites
-                answers.append(colors.index(spec.objects[which].color))
+        captions, sides, answers = [], [], []
+        for i, scene, caption in distinct_colored("relation", split, 3 if split == "train" else 4):
+            if len(captions) == n:
+                break
+            spec, which = scene.spec, (i + 1) % 2  # ask for the first object's side, or the second's
+            captions.append(caption)
+            sides.append(RELATIONS.index(spec.where) ^ which)  # the first object's side; 0/1 and 2/3 are opposites
+            answers.append(colors.index(spec.objects[which].color))
         return encoder(captions)[0], torch.tensor(sides), torch.tensor(answers)
 
     train, fresh, heldout = examples("train", 4000), examples("train", 1000), examples("heldout-phrasing", 1000)
