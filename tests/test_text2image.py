@@ -93,6 +93,52 @@ def test_every_sampler_img2img_and_inpainting_run_in_latent_space(tiny_t2i, tmp_
     assert kept.size == painted.size == (32, 32)
 
 
+@pytest.fixture(scope="module")
+def tiny_layout_t2i(tmp_path_factory):
+    from conftest import build_tiny_text2image
+
+    return build_tiny_text2image(tmp_path_factory.mktemp("t2i") / "layout", layout=3)
+
+
+def test_prompt_layout_is_saved_loaded_and_read_by_the_unet(tiny_layout_t2i):
+    """The layout's map: one answer per latent position, different for different prompts; it
+    is saved with the folder, loads back bit for bit, and the UNet's output depends on it."""
+    from genlab.image.text2image import load_text2image
+
+    model = load_text2image(tiny_layout_t2i)
+    assert model.unet.config.in_channels == 4 + 3 and (tiny_layout_t2i / "layout" / "model.safetensors").is_file()
+    states = torch.cat([model.condition(p, 1)["states"] for p in ("a red circle to the left of a blue square",
+                                                                    "a blue square to the left of a red circle")])
+    maps = model.layout(states)
+    assert maps.shape == (2, 3, 8, 8)
+    assert not torch.allclose(maps[0], maps[1]) and not torch.allclose(maps[0, :, 0, 0], maps[0, :, 7, 7])
+    zt, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+    out = model(zt, t, states)
+    with torch.no_grad():
+        model.layout.to_map.weight.zero_()
+        model.layout.to_map.bias.zero_()
+    assert not torch.allclose(out, model(zt, t, states))  # the map reaches the UNet
+    again = load_text2image(tiny_layout_t2i)
+    torch.testing.assert_close(again(zt, t, states), out, rtol=0, atol=0)
+    a = ImageGenerator(str(tiny_layout_t2i)).generate("a red circle", steps=3, seed=1)[0]
+    assert a.tobytes() == ImageGenerator(str(tiny_layout_t2i)).generate("a red circle", steps=3, seed=1)[0].tobytes()
+
+
+def test_a_damaged_layout_file_is_a_clear_error(tiny_layout_t2i, tmp_path):
+    import shutil
+
+    from genlab.image.text2image import load_text2image
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_layout_t2i, broken)
+    (broken / "layout" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(GenlabError, match=f"cannot load the text-to-image model in {broken}"):
+        load_text2image(broken)
+    (broken / "layout" / "model.safetensors").unlink()
+    with pytest.raises(GenlabError, match="cannot load the text-to-image model"):
+        load_text2image(broken)
+
+
 def test_sampling_matches_diffusers_stable_diffusion_pipeline(tiny_t2i, encoder):
     """The folder is a Stable Diffusion folder: diffusers' own pipeline, given MiniLM as the
     text encoder, draws the same picture from the same noise as genlab's sampler."""

@@ -28,6 +28,7 @@ def test_vae_then_text2image_then_image(tmp_path, capsys):
                        + T2I[:4], capsys)
     assert code == 0, err
     assert is_text2image(t2i / "model") and (t2i / "samples" / "step-0000002.png").is_file()
+    assert (t2i / "model" / "layout" / "model.safetensors").is_file()
     [img] = ImageGenerator(str(t2i)).generate("a red circle above a blue square", steps=2, seed=0)
     assert img.size == (32, 32)
 
@@ -54,9 +55,15 @@ def test_text2image_resume_is_bit_identical_and_keeps_its_options(tmp_path, caps
     assert_one_line_error(code, err, "--lr is 0.001 there, not 0.1")
     assert run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume"] + common, capsys)[0] == 0
     a, b = _weights(straight), _weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("model.layout.") for k in a) and any(k.startswith("ema.layout.") for k in a)  # 8 channels by default
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_text2image_needs_a_trained_vae(tmp_path, capsys):
     code, _, err = run(["train", "text2image", "--vae", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")], capsys)
     assert_one_line_error(code, err, "no trained VAE there; run `genlab train vae` first")
+
+
+def test_text2image_layout_must_be_a_channel_count(tmp_path, capsys):
+    code, _, err = run(["train", "text2image", "--layout", "2", "--out", str(tmp_path / "t")], capsys)
+    assert_one_line_error(code, err, "--layout must be 0 (none) or at least 4 channels (the first 4 guess the latent picture), got 2")

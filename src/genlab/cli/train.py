@@ -97,7 +97,8 @@ def check_every(checkpoint_every: int, sample_every: int) -> None:
 
 
 VAE_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
-TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "steps": 7000, "batch_size": 64, "lr": 1e-3, "seed": 0}
+TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 8, "steps": 5000, "batch_size": 64, "lr": 1e-3,
+                       "seed": 0}
 
 
 @train_app.command()
@@ -133,7 +134,11 @@ def text2image(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (use it with genlab image --model).")] = Path("runs/shapes"),
     images: Annotated[Optional[int], typer.Option(help="Captioned pictures in the training pool, encoded once at the start. "
                                                        "[default: 20000]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 7000]")] = None,
+    layout: Annotated[Optional[int], typer.Option(help="Channels of the prompt layout, a map of what the prompt puts where, "
+                                                       "read by the UNet next to the latent (image/text2image.py); the first 4 "
+                                                       "learn to guess the latent picture. 0 = none, a plain Stable Diffusion "
+                                                       "UNet. [default: 8]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 5000]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights, the pool and every draw. [default: 0]")] = None,
@@ -150,10 +155,13 @@ def text2image(
 
     check_every(checkpoint_every, sample_every)
     check(images is None or images >= 1, f"--images must be at least 1, got {images}")
+    check(layout is None or layout == 0 or layout >= 4, f"--layout must be 0 (none) or at least 4 channels (the first 4 "
+          f"guess the latent picture), got {layout}")
     run = start_run(Text2ImageRun, out, resume, TEXT2IMAGE_DEFAULTS,
-                    vae=vae, images=images, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    n = sum(p.numel() for p in run.model.unet.parameters())
-    console.print(("resuming" if resume else "training") + f" the text-to-image UNet ({n / 1e6:.2f}M parameters) at step "
+                    vae=vae, images=images, layout=layout, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    n = sum(p.numel() for p in run.model.denoiser().parameters())
+    what = "UNet and prompt layout" if run.model.layout is not None else "UNet"
+    console.print(("resuming" if resume else "training") + f" the text-to-image {what} ({n / 1e6:.2f}M parameters) at step "
                   f"{run.trainer.step} of {run.trainer.config.steps}; encoding {run.images} captioned pictures first")
     with step_progress("encoding the pool", run.images) as update:
         run.prepare(lambda done: update(done, ""))

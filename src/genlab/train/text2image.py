@@ -26,6 +26,11 @@ from ..store import atomic_dir
 from .diffusion import P_UNCOND, denoising_loss
 from .loop import StepStats, Trainer, TrainConfig, resume_steps
 
+# The prompt layout's first channels learn, besides what the UNet asks of them, to guess the
+# latent picture from the prompt alone (its mean over all pictures that fit the caption): a
+# direct signal for "which object goes where", which the denoising loss alone did not teach.
+LAYOUT_WEIGHT = 1.0
+
 SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle on the left", "a yellow square at the bottom",
                   "a purple circle above an orange triangle", "a blue triangle to the left of a red square",
                   "a big green circle", "a small yellow triangle and a blue circle"]
@@ -140,10 +145,10 @@ class Text2ImageRun:
     @classmethod
     def create(cls, out: Path, options: dict) -> "Text2ImageRun":
         o = dict(options)
-        vae_folder, images = str(Path(o.pop("vae")).expanduser().resolve()), o.pop("images")
-        model = cls._model(vae_folder, o["seed"])
-        extra = {"kind": "text2image", "vae": vae_folder, "images": images}
-        return cls(Trainer(model.unet, TrainConfig(**o), extra), model, out, images)
+        vae_folder, images, layout = str(Path(o.pop("vae")).expanduser().resolve()), o.pop("images"), o.pop("layout")
+        model = cls._model(vae_folder, o["seed"], layout)
+        extra = {"kind": "text2image", "vae": vae_folder, "images": images, "layout": layout}
+        return cls(Trainer(model.denoiser(), TrainConfig(**o), extra), model, out, images)
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "Text2ImageRun":
@@ -151,12 +156,13 @@ class Text2ImageRun:
         extra = meta["extra"]
         check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
         same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        steps = resume_steps(meta["config"] | {"vae": extra["vae"], "images": extra["images"]}, given, meta["step"], same)
-        model = cls._model(extra["vae"], meta["config"]["seed"])
-        return cls(Trainer.resume(model.unet, checkpoint, steps), model, out, extra["images"])
+        saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra["layout"]}
+        steps = resume_steps(saved, given, meta["step"], same)
+        model = cls._model(extra["vae"], meta["config"]["seed"], extra["layout"])
+        return cls(Trainer.resume(model.denoiser(), checkpoint, steps), model, out, extra["images"])
 
     @staticmethod
-    def _model(vae_folder: str, seed: int) -> TextToImage:
+    def _model(vae_folder: str, seed: int, layout: int) -> TextToImage:
         from diffusers import AutoencoderKL
 
         folder = Path(vae_folder)
@@ -164,7 +170,7 @@ class Text2ImageRun:
         check((folder / "config.json").is_file(), f"--vae {vae_folder}: no trained VAE there; run `genlab train vae` first")
         vae = AutoencoderKL.from_pretrained(folder).eval()
         torch.manual_seed(seed)  # the UNet's initial weights
-        return TextToImage(TextToImageConfig(), vae)
+        return TextToImage(TextToImageConfig(layout_channels=layout), vae)
 
     def prepare(self, on_progress=None) -> None:
         """Encode the training pool (steps() does it too, if not done yet)."""
@@ -176,24 +182,27 @@ class Text2ImageRun:
         pool, c, batch = self.pool, self.model.config, self.trainer.batch
         schedule = c.noise_schedule()
 
-        def loss(unet, g: torch.Generator) -> torch.Tensor:
+        def loss(_denoiser, g: torch.Generator) -> torch.Tensor:  # the trainer's module is self.model's UNet and layout
             idx = torch.randint(len(pool.latents), (batch,), generator=g)
             z0, states = pool.latents[idx], pool.states[idx].float()  # (B, 4, 8, 8), (B, L, 384)
 
-            def denoise(zt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                drop = torch.rand(batch, generator=g) < P_UNCOND  # the empty prompt, for guidance
-                cond = torch.where(drop[:, None, None], pool.null.float(), states)
-                return unet(zt, t, encoder_hidden_states=cond).sample
-
-            return denoising_loss(denoise, schedule, z0, c.prediction, g)
+            drop = torch.rand(batch, generator=g) < P_UNCOND  # the empty prompt, for guidance
+            cond = torch.where(drop[:, None, None], pool.null.float(), states)
+            layout = None if self.model.layout is None else self.model.layout(cond)  # (B, C, 8, 8)
+            loss = denoising_loss(lambda zt, t: self.model(zt, t, cond, layout), schedule, z0, c.prediction, g)
+            if layout is None:
+                return loss
+            guess = layout[~drop, :c.latent_channels]  # the picture from the prompt alone, for the captioned ones
+            return loss + LAYOUT_WEIGHT * torch.nn.functional.mse_loss(guess, z0[~drop])
 
         yield from self.trainer.run(loss)
 
     def ema(self) -> TextToImage:
-        """The model with the UNet's EMA weights (sharing the VAE and the text encoder)."""
-        unet = copy.deepcopy(self.model.unet).eval()
-        unet.load_state_dict(self.trainer.ema.shadow)
-        return TextToImage(self.model.config, self.model.vae, self.model.encoder, unet)
+        """The model with the EMA weights of the UNet and layout (sharing the VAE and the text encoder)."""
+        denoiser = copy.deepcopy(self.trainer.model).eval()
+        denoiser.load_state_dict(self.trainer.ema.shadow)
+        return TextToImage(self.model.config, self.model.vae, self.model.encoder, denoiser["unet"],
+                           denoiser["layout"] if "layout" in denoiser else None)
 
     def save(self) -> Path:
         path = self.trainer.save(self.out / "checkpoints")
@@ -209,5 +218,5 @@ class Text2ImageRun:
         gen = ImageGenerator.from_model(self.ema())
         cells = [gen.generate(p, steps=steps, seed=0)[0] for p in SAMPLE_PROMPTS]
         save_png(upscale(grid(cells, columns=len(cells)), 2), path, "sample grid")
-        self.model.unet.train()
+        self.trainer.model.train()
         return path
