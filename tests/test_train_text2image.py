@@ -25,7 +25,7 @@ def test_vae_then_text2image_then_image(tmp_path, capsys):
     assert config["latent_channels"] == 4 and config["scaling_factor"] > 0  # measured, not SD's 0.18215
     assert (vae / "samples" / "step-0000002.png").is_file()
     code, _, err = run(["train", "text2image", "--vae", str(vae), "--out", str(t2i), "--steps", "2", "--sample-every", "2"]
-                       + T2I[:4], capsys)
+                       + T2I[:4] + ["--layout", "8"], capsys)
     assert code == 0, err
     assert is_text2image(t2i / "model") and (t2i / "samples" / "step-0000002.png").is_file()
     assert (t2i / "model" / "layout" / "model.safetensors").is_file()
@@ -55,7 +55,7 @@ def test_text2image_resume_is_bit_identical_and_keeps_its_options(tmp_path, caps
     assert_one_line_error(code, err, "--lr is 0.001 there, not 0.1")
     assert run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume"] + common, capsys)[0] == 0
     a, b = _weights(straight), _weights(resumed)
-    assert any(k.startswith("model.layout.") for k in a) and any(k.startswith("ema.layout.") for k in a)  # 8 channels by default
+    assert not any(".layout." in k for k in a)  # a plain UNet by default
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -97,7 +97,7 @@ def check_every(checkpoint_every: int, sample_every: int) -> None:
 
 
 VAE_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
-TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 8, "steps": 5000, "batch_size": 64, "lr": 1e-3,
+TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 0, "steps": 7000, "batch_size": 64, "lr": 1e-3,
                        "seed": 0}
 
 
@@ -136,9 +136,10 @@ def text2image(
                                                        "[default: 20000]")] = None,
     layout: Annotated[Optional[int], typer.Option(help="Channels of the prompt layout, a map of what the prompt puts where, "
                                                        "read by the UNet next to the latent (image/text2image.py); the first 4 "
-                                                       "learn to guess the latent picture. 0 = none, a plain Stable Diffusion "
-                                                       "UNet. [default: 8]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 5000]")] = None,
+                                                       "learn to guess the latent picture; 8 follows relations far better "
+                                                       "(docs/benchmarks.md). 0 = none, a plain Stable Diffusion UNet, as the "
+                                                       "bundled model. [default: 0]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 7000]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights, the pool and every draw. [default: 0]")] = None,

@@ -8,7 +8,9 @@
 One part is genlab's own: a prompt layout (PromptLayout below), where every latent position
 asks the prompt what belongs there. Its answer joins the noisy latent as extra UNet input
 channels; training also asks its first channels to guess the picture from the prompt alone.
-It is what lets the model put "a red circle to the left of a blue square" on the right sides.
+With it a model learns which object of "a red circle to the left of a blue square" goes on
+which side, which the UNet alone does not (docs/benchmarks.md, "Prompt adherence"). The
+bundled model has none yet (`genlab train text2image --layout 8` trains one).
 
     model = load_text2image(folder)
     cond = model.condition("a red circle above a blue square", n=4)   # {"states": (4, 32, 384)}
