@@ -92,8 +92,8 @@ class PromptLayout(torch.nn.Module):
 
     The prompt's token states first pass one transformer layer of their own. Then every latent
     position has a learnt query; it attends over those states (one cross-attention layer and
-    an MLP, as a Perceiver reads its input) and answers with C channels. The UNet reads them next to the noisy latent, as Stable Diffusion's inpainting
-    UNet reads its mask. Why: the UNet's own cross-attention asks the prompt from features of
+    an MLP, as a Perceiver reads its input) and answers with C channels. The UNet reads them
+    next to the noisy latent, as Stable Diffusion's inpainting UNet reads its mask. Why: the UNet's own cross-attention asks the prompt from features of
     the noisy picture, and at the noisiest steps, where the layout is decided, those say little
     about where a pixel is. It learns that "left of" and "right of" mean side by side but not
     which object goes on which side (docs/benchmarks.md, "Prompt adherence"). Here the
@@ -118,7 +118,7 @@ class PromptLayout(torch.nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """(B, L, text_width) token states -> (B, channels, size, size)."""
-        b, n, h = states.shape[0], self.queries.shape[0], self.heads
+        b, h = states.shape[0], self.heads
         text = self.norm_text(self.text(states))
         split = lambda x: x.unflatten(-1, (h, -1)).transpose(1, 2)  # (B, L, width) -> (B, heads, L, width / heads)  # noqa: E731
         q = split(self.to_q(self.queries).expand(b, -1, -1))

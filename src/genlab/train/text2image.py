@@ -156,9 +156,9 @@ class Text2ImageRun:
         extra = meta["extra"]
         check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
         same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra["layout"]}
+        saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra.get("layout", 0)}
         steps = resume_steps(saved, given, meta["step"], same)
-        model = cls._model(extra["vae"], meta["config"]["seed"], extra["layout"])
+        model = cls._model(extra["vae"], meta["config"]["seed"], saved["layout"])
         return cls(Trainer.resume(model.denoiser(), checkpoint, steps), model, out, extra["images"])
 
     @staticmethod
