@@ -55,7 +55,7 @@ def test_text2image_resume_is_bit_identical_and_keeps_its_options(tmp_path, caps
     assert_one_line_error(code, err, "--lr is 0.001 there, not 0.1")
     assert run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume"] + common, capsys)[0] == 0
     a, b = _weights(straight), _weights(resumed)
-    assert not any(".layout." in k for k in a)  # a plain UNet by default
+    assert not any(".layout." in k for k in a) and "model.conv_in.weight" in a  # a plain UNet by default, keyed as before
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -159,8 +159,8 @@ class TextToImage(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=states).sample  # (B, 4, h, w)
 
     def denoiser(self) -> torch.nn.Module:
-        """What training updates: the UNet, and the prompt layout if there is one."""
-        return torch.nn.ModuleDict({"unet": self.unet} | ({"layout": self.layout} if self.layout is not None else {}))
+        """What training updates: the UNet, or the UNet and the prompt layout if there is one."""
+        return self.unet if self.layout is None else torch.nn.ModuleDict({"unet": self.unet, "layout": self.layout})
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

@@ -201,8 +201,8 @@ class Text2ImageRun:
         """The model with the EMA weights of the UNet and layout (sharing the VAE and the text encoder)."""
         denoiser = copy.deepcopy(self.trainer.model).eval()
         denoiser.load_state_dict(self.trainer.ema.shadow)
-        return TextToImage(self.model.config, self.model.vae, self.model.encoder, denoiser["unet"],
-                           denoiser["layout"] if "layout" in denoiser else None)
+        unet, layout = (denoiser["unet"], denoiser["layout"]) if self.model.layout is not None else (denoiser, None)
+        return TextToImage(self.model.config, self.model.vae, self.model.encoder, unet, layout)
 
     def save(self) -> Path:
         path = self.trainer.save(self.out / "checkpoints")
