@@ -93,9 +93,9 @@ class PromptLayout(torch.nn.Module):
     The prompt's token states first pass one transformer layer of their own. Then every latent
     position has a learnt query; it attends over those states (one cross-attention layer and
     an MLP, as a Perceiver reads its input) and answers with C channels. The UNet reads them
-    next to the noisy latent, as Stable Diffusion's inpainting UNet reads its mask. Why: the UNet's own cross-attention asks the prompt from features of
-    the noisy picture, and at the noisiest steps, where the layout is decided, those say little
-    about where a pixel is. It learns that "left of" and "right of" mean side by side but not
+    next to the noisy latent, as Stable Diffusion's inpainting UNet reads its mask. Why: the
+    UNet's own cross-attention asks the prompt from features of the noisy picture, and at the
+    noisiest steps, where the layout is decided, those say little about where a pixel is. It learns that "left of" and "right of" mean side by side but not
     which object goes on which side (docs/benchmarks.md, "Prompt adherence"). Here the
     question "what is at the left?" is asked from the position itself, from the first step.
     """
@@ -239,12 +239,9 @@ def load_text2image(folder: Path, device: str | torch.device = "cpu", dtype: tor
     config = TextToImageConfig.from_json((folder / CONFIG_FILE).read_text())
     try:
         vae = AutoencoderKL.from_pretrained(folder / "vae")
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-        layout = None
-        if config.layout_channels:
-            layout = PromptLayout(config.latent_size, config.layout_channels, config.layout_width, config.heads)
-            layout.load_state_dict(load_file(folder / LAYOUT_FILE))
+        model = TextToImage(config, vae, unet=UNet2DConditionModel.from_pretrained(folder / "unet"))
+        if model.layout is not None:  # built fresh from the config; its weights are in layout/
+            model.layout.load_state_dict(load_file(folder / LAYOUT_FILE))
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise GenlabError(f"cannot load the text-to-image model in {folder}: {str(e).splitlines()[0]}") from None
-    model = TextToImage(config, vae, unet=unet, layout=layout)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
