@@ -97,8 +97,8 @@ def check_every(checkpoint_every: int, sample_every: int) -> None:
 
 
 VAE_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
-TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 0, "steps": 7000, "batch_size": 64, "lr": 1e-3,
-                       "seed": 0}
+TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 0, "layout_warmup": 1500, "steps": 7000,
+                       "batch_size": 64, "lr": 1e-3, "seed": 0}
 
 
 @train_app.command()
@@ -139,6 +139,9 @@ def text2image(
                                                        "learn to guess the latent picture; 8 follows relations far better "
                                                        "(docs/benchmarks.md). 0 = none, a plain Stable Diffusion UNet, as the "
                                                        "bundled model. [default: 0]")] = None,
+    layout_warmup: Annotated[Optional[int], typer.Option("--layout-warmup", help="Steps in which a new layout learns its guess "
+                                                         "of the picture by itself, before the UNet's first step (about a "
+                                                         "minute for the default). [default: 1500]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 7000]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
@@ -158,14 +161,18 @@ def text2image(
     check(images is None or images >= 1, f"--images must be at least 1, got {images}")
     check(layout is None or layout == 0 or layout >= 4, f"--layout must be 0 (none) or at least 4 channels (the first 4 "
           f"guess the latent picture), got {layout}")
-    run = start_run(Text2ImageRun, out, resume, TEXT2IMAGE_DEFAULTS,
-                    vae=vae, images=images, layout=layout, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    check(layout_warmup is None or layout_warmup >= 0, f"--layout-warmup must be 0 or more steps, got {layout_warmup}")
+    run = start_run(Text2ImageRun, out, resume, TEXT2IMAGE_DEFAULTS, vae=vae, images=images, layout=layout,
+                    layout_warmup=layout_warmup, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.model.denoiser().parameters())
     what = "UNet and prompt layout" if run.model.layout is not None else "UNet"
     console.print(("resuming" if resume else "training") + f" the text-to-image {what} ({n / 1e6:.2f}M parameters) at step "
                   f"{run.trainer.step} of {run.trainer.config.steps}; encoding {run.images} captioned pictures first")
     with step_progress("encoding the pool", run.images) as update:
         run.prepare(lambda done: update(done, ""))
+    if run.model.layout is not None and run.trainer.step == 0 and run.warmup:
+        with step_progress("warming the layout", run.warmup) as update:
+            run.warm_layout(lambda done, loss: update(done, f"guess loss {loss:.4f}"))
     fit(run, out, checkpoint_every, sample_every)
     console.print(f"model saved in {out / 'model'}; try: genlab image 'a red circle above a blue square' --model {out}")
 

@@ -24,7 +24,7 @@ from ..image.shapes import ShapesWorld, render
 from ..image.text2image import TextToImage, TextToImageConfig, save_text2image
 from ..store import atomic_dir
 from .diffusion import P_UNCOND, denoising_loss
-from .loop import StepStats, Trainer, TrainConfig, resume_steps
+from .loop import EMA, StepStats, Trainer, TrainConfig, resume_steps
 
 # The prompt layout's first channels learn, besides what the UNet asks of them, to guess the
 # latent picture from the prompt alone (its mean over all pictures that fit the caption): a
@@ -141,14 +141,17 @@ class Text2ImageRun:
     out: Path
     images: int
     pool: Pool | None = None
+    warmup: int = 0  # steps of the layout's warm-up (warm_layout)
+    warmed: bool = False
 
     @classmethod
     def create(cls, out: Path, options: dict) -> "Text2ImageRun":
         o = dict(options)
         vae_folder, images, layout = str(Path(o.pop("vae")).expanduser().resolve()), o.pop("images"), o.pop("layout")
+        warmup = o.pop("layout_warmup")
         model = cls._model(vae_folder, o["seed"], layout)
-        extra = {"kind": "text2image", "vae": vae_folder, "images": images, "layout": layout}
-        return cls(Trainer(model.denoiser(), TrainConfig(**o), extra), model, out, images)
+        extra = {"kind": "text2image", "vae": vae_folder, "images": images, "layout": layout, "layout_warmup": warmup}
+        return cls(Trainer(model.denoiser(), TrainConfig(**o), extra), model, out, images, warmup=warmup)
 
     @classmethod
     def resume(cls, out: Path, given: dict) -> "Text2ImageRun":
@@ -156,10 +159,11 @@ class Text2ImageRun:
         extra = meta["extra"]
         check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
         same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra.get("layout", 0)}
+        saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra.get("layout", 0),
+                                  "layout_warmup": extra.get("layout_warmup", 0)}
         steps = resume_steps(saved, given, meta["step"], same)
         model = cls._model(extra["vae"], meta["config"]["seed"], saved["layout"])
-        return cls(Trainer.resume(model.denoiser(), checkpoint, steps), model, out, extra["images"])
+        return cls(Trainer.resume(model.denoiser(), checkpoint, steps), model, out, extra["images"], warmup=saved["layout_warmup"])
 
     @staticmethod
     def _model(vae_folder: str, seed: int, layout: int) -> TextToImage:
@@ -177,8 +181,35 @@ class Text2ImageRun:
         if self.pool is None:
             self.pool = build_pool(self.model, self.images, self.trainer.config.seed, on_progress)
 
+    def warm_layout(self, on_progress=None) -> None:
+        """Before the UNet's first step, a new layout learns its guess of the picture by itself
+        (`warmup` steps of the run's batch size and peak learning rate): a minute's work, after
+        which the UNet reads a map that already says what goes where, not noise it learns to
+        ignore. A resumed run skips this: its checkpoint holds the warmed layout."""
+        if self.model.layout is None or not self.warmup or self.trainer.step > 0 or self.warmed:
+            return
+        self.prepare()
+        pool, cfg, layout = self.pool, self.trainer.config, self.model.layout
+        g = torch.Generator().manual_seed(cfg.seed + 2)  # its own stream: the trainer's draws stay as they were
+        opt = torch.optim.AdamW(layout.parameters(), lr=cfg.lr)
+        schedule = TrainConfig(steps=self.warmup, lr=cfg.lr, warmup=min(200, self.warmup // 5))  # as the trainer's
+        for step in range(self.warmup):
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr_at(step)
+            idx = torch.randint(len(pool.latents), (cfg.batch_size,), generator=g)
+            guess = layout(pool.states[idx].float())[:, :self.model.config.latent_channels]
+            loss = torch.nn.functional.mse_loss(guess, pool.latents[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if on_progress:
+                on_progress(step + 1, loss.item())
+        self.trainer.ema = EMA(self.trainer.model, cfg.ema_decay)  # the average starts from here
+        self.warmed = True
+
     def steps(self) -> Iterator[StepStats]:
         self.prepare()
+        self.warm_layout()
         pool, c, batch = self.pool, self.model.config, self.trainer.batch
         schedule = c.noise_schedule()
 
