@@ -31,6 +31,12 @@ from .loop import EMA, StepStats, Trainer, TrainConfig, resume_steps
 # direct signal for "which object goes where", which the denoising loss alone did not teach.
 LAYOUT_WEIGHT = 1.0
 
+
+def guess_loss(layout_map: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
+    """How far the layout's first channels are from the clean latent: its guess of the picture."""
+    return torch.nn.functional.mse_loss(layout_map[:, :z0.shape[1]], z0)
+
+
 SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle on the left", "a yellow square at the bottom",
                   "a purple circle above an orange triangle", "a blue triangle to the left of a red square",
                   "a big green circle", "a small yellow triangle and a blue circle"]
@@ -197,8 +203,7 @@ class Text2ImageRun:
             for group in opt.param_groups:
                 group["lr"] = schedule.lr_at(step)
             idx = torch.randint(len(pool.latents), (cfg.batch_size,), generator=g)
-            guess = layout(pool.states[idx].float())[:, :self.model.config.latent_channels]
-            loss = torch.nn.functional.mse_loss(guess, pool.latents[idx])
+            loss = guess_loss(layout(pool.states[idx].float()), pool.latents[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -223,8 +228,7 @@ class Text2ImageRun:
             loss = denoising_loss(lambda zt, t: self.model(zt, t, cond, layout), schedule, z0, c.prediction, g)
             if layout is None:
                 return loss
-            guess = layout[~drop, :c.latent_channels]  # the picture from the prompt alone, for the captioned ones
-            return loss + LAYOUT_WEIGHT * torch.nn.functional.mse_loss(guess, z0[~drop])
+            return loss + LAYOUT_WEIGHT * guess_loss(layout[~drop], z0[~drop])  # the captioned ones
 
         yield from self.trainer.run(loss)
 
