@@ -170,8 +170,8 @@ def text2image(
                   f"{run.trainer.step} of {run.trainer.config.steps}; encoding {run.images} captioned pictures first")
     with step_progress("encoding the pool", run.images) as update:
         run.prepare(lambda done: update(done, ""))
-    if run.model.layout is not None and run.trainer.step == 0 and run.warmup:
-        with step_progress("warming the layout", run.warmup) as update:
+    if run.warm_steps:
+        with step_progress("warming the layout", run.warm_steps) as update:
             run.warm_layout(lambda done, loss: update(done, f"guess loss {loss:.4f}"))
     fit(run, out, checkpoint_every, sample_every)
     console.print(f"model saved in {out / 'model'}; try: genlab image 'a red circle above a blue square' --model {out}")

@@ -187,12 +187,17 @@ class Text2ImageRun:
         if self.pool is None:
             self.pool = build_pool(self.model, self.images, self.trainer.config.seed, on_progress)
 
+    @property
+    def warm_steps(self) -> int:
+        """Steps of the layout's warm-up still to do: all of them in a new layout run, else none."""
+        return self.warmup if self.model.layout is not None and self.trainer.step == 0 and not self.warmed else 0
+
     def warm_layout(self, on_progress=None) -> None:
         """Before the UNet's first step, a new layout learns its guess of the picture by itself
         (`warmup` steps of the run's batch size and peak learning rate): a minute's work, after
         which the UNet reads a map that already says what goes where, not noise it learns to
         ignore. A resumed run skips this: its checkpoint holds the warmed layout."""
-        if self.model.layout is None or not self.warmup or self.trainer.step > 0 or self.warmed:
+        if not self.warm_steps:
             return
         self.prepare()
         pool, cfg, layout = self.pool, self.trainer.config, self.model.layout
