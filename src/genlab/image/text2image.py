@@ -95,9 +95,10 @@ class PromptLayout(torch.nn.Module):
     an MLP, as a Perceiver reads its input) and answers with C channels. The UNet reads them
     next to the noisy latent, as Stable Diffusion's inpainting UNet reads its mask. Why: the
     UNet's own cross-attention asks the prompt from features of the noisy picture, and at the
-    noisiest steps, where the layout is decided, those say little about where a pixel is. It learns that "left of" and "right of" mean side by side but not
-    which object goes on which side (docs/benchmarks.md, "Prompt adherence"). Here the
-    question "what is at the left?" is asked from the position itself, from the first step.
+    noisiest steps, where the layout is decided, those say little about where a pixel is. The
+    UNet alone learns that "left of" and "right of" mean side by side, but not which object
+    goes on which side (docs/benchmarks.md, "Prompt adherence"). Here the question "what is
+    at the left?" is asked from the position itself, from the first step.
     """
 
     def __init__(self, size: int, channels: int, width: int = 64, heads: int = 4, text_width: int = TextEncoder.width):
