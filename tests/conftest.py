@@ -72,16 +72,16 @@ def tiny_diffusion(tmp_path_factory) -> Path:
     return build_tiny_diffusion(tmp_path_factory.mktemp("tiny") / "tiny-diffusion")
 
 
-def build_tiny_text2image(folder: Path, seed: int = 0, layout: int = 0) -> Path:
+def build_tiny_text2image(folder: Path, seed: int = 0, layout: int = 0, classes: tuple[int, ...] = ()) -> Path:
     """A genlab text-to-image folder (a diffusers SD layout plus genlab.json) with random, tiny weights;
-    `layout` > 0 adds a prompt layout of that many channels."""
+    `layout` > 0 adds a prompt layout of that many channels, `classes` its class groups."""
     import torch
 
     from genlab.image.text2image import TextToImage, TextToImageConfig, save_text2image
 
     torch.manual_seed(seed)
     model = TextToImage(TextToImageConfig(vae_widths=(16, 16, 16), widths=(32, 32), heads=2, layout_channels=layout,
-                                          layout_width=16))
+                                          layout_width=16, layout_classes=classes))
     model.vae.register_to_config(scaling_factor=0.5)
     save_text2image(model, folder)
     return folder

@@ -7,7 +7,7 @@ import pytest
 
 from genlab.errors import GenlabError
 from genlab.eval.shapes import detect, satisfies
-from genlab.image.shapes import COLORS, HELDOUT_COMBOS, RELATIONS, SIDES, ShapesWorld, Spec, Want, parse, render
+from genlab.image.shapes import COLORS, HELDOUT_COMBOS, RELATIONS, SIDES, ShapesWorld, Spec, Want, coverage, parse, render
 
 SPLITS = ["train", "heldout-phrasing", "heldout-combo"]
 
@@ -28,6 +28,17 @@ def test_checker_reads_the_ground_truth_of_rendered_scenes(split):
     for scene, caption in examples(split):
         ok, why = satisfies(detect(render(scene)), scene.spec)
         assert ok, f"{caption}: {why}"
+
+
+def test_coverage_is_what_render_draws():
+    """Per pixel, the objects' shares times their colours give back the rendered picture; on a
+    coarser grid each cell's share is the mean of the pixels it holds."""
+    for scene, caption in examples("train", 200):
+        masks = coverage(scene, 32)
+        drawn = sum(m[..., None] * np.array(COLORS[o.color], np.float32) for m, o in zip(masks, scene.objects))
+        assert np.abs(drawn - np.asarray(render(scene), np.float32)).max() <= 2.0, caption
+        for fine, coarse in zip(masks, coverage(scene, 8)):
+            np.testing.assert_allclose(fine.reshape(8, 4, 8, 4).mean((1, 3)), coarse, atol=2 / 255)
 
 
 def test_checker_finds_the_drawn_attributes():

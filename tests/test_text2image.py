@@ -124,6 +124,28 @@ def test_prompt_layout_is_saved_loaded_and_read_by_the_unet(tiny_layout_t2i):
     assert a.tobytes() == ImageGenerator(str(tiny_layout_t2i)).generate("a red circle", steps=3, seed=1)[0].tobytes()
 
 
+def test_semantic_layout_gives_the_unet_one_distribution_per_class_group(tmp_path):
+    """A layout with class groups: the UNet reads the free channels and, per group, probabilities
+    that sum to 1 at every position; the folder loads back bit for bit."""
+    from conftest import build_tiny_text2image
+
+    from genlab.image.text2image import load_text2image
+
+    folder = build_tiny_text2image(tmp_path / "semantic", layout=4, classes=(7, 4, 3))
+    model = load_text2image(folder)
+    assert model.config.layout_classes == (7, 4, 3) and model.unet.config.in_channels == 4 + 4 + 14
+    states = model.condition("a red circle to the left of a blue square", 2)["states"]
+    raw = model.layout(states)
+    seen = model.layout.unet_input(raw)
+    assert raw.shape == seen.shape == (2, 4 + 14, 8, 8)
+    torch.testing.assert_close(seen[:, :4], raw[:, :4], rtol=0, atol=0)
+    for group in seen[:, 4:].split((7, 4, 3), dim=1):
+        assert (group >= 0).all()
+        torch.testing.assert_close(group.sum(1), torch.ones(2, 8, 8))
+    zt, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+    torch.testing.assert_close(load_text2image(folder)(zt, t, states), model(zt, t, states), rtol=0, atol=0)
+
+
 def test_a_damaged_layout_file_is_a_clear_error(tiny_layout_t2i, tmp_path):
     import shutil
 

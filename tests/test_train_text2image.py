@@ -29,6 +29,7 @@ def test_vae_then_text2image_then_image(tmp_path, capsys):
     assert code == 0, err
     assert is_text2image(t2i / "model") and (t2i / "samples" / "step-0000002.png").is_file()
     assert (t2i / "model" / "layout" / "model.safetensors").is_file()
+    assert json.loads((t2i / "model" / "genlab.json").read_text())["layout_classes"] == [7, 4, 3]  # semantic by default
     [img] = ImageGenerator(str(t2i)).generate("a red circle above a blue square", steps=2, seed=0)
     assert img.size == (32, 32)
 
@@ -48,14 +49,14 @@ def test_text2image_resume_is_bit_identical_and_keeps_its_options(tmp_path, caps
     vae = tmp_path / "vae"
     assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
     straight, resumed = tmp_path / "a", tmp_path / "b"
-    common = ["--vae", str(vae)] + T2I
+    common = ["--vae", str(vae), "--layout", "0"] + T2I
     assert run(["train", "text2image", "--out", str(straight), "--steps", "4"] + common, capsys)[0] == 0
     assert run(["train", "text2image", "--out", str(resumed), "--steps", "2"] + common, capsys)[0] == 0
     code, _, err = run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume", "--lr", "0.1"] + common, capsys)
     assert_one_line_error(code, err, "--lr is 0.001 there, not 0.1")
     assert run(["train", "text2image", "--out", str(resumed), "--steps", "4", "--resume"] + common, capsys)[0] == 0
     a, b = _weights(straight), _weights(resumed)
-    assert not any(".layout." in k for k in a) and "model.conv_in.weight" in a  # a plain UNet by default, keyed as before
+    assert not any(".layout." in k for k in a) and "model.conv_in.weight" in a  # --layout 0: a plain UNet, keyed as before
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -97,6 +98,67 @@ def test_layout_warmup_teaches_the_guess_before_the_unet_moves(tmp_path, capsys)
     assert all(torch.equal(v, r.model.unet.state_dict()[k]) for k, v in unet.items())
     ema = r.trainer.ema.shadow  # the average starts from the warmed layout
     assert all(torch.equal(ema["layout." + k], v) for k, v in r.model.layout.state_dict().items())
+
+
+def test_class_maps_say_what_covers_each_latent_position():
+    """Each group is a distribution per cell; the cell under an object's centre is mostly that
+    object's colour, shape and size, and a corner far from every object is "nothing"."""
+    from genlab.image.shapes import ShapesWorld
+    from genlab.train.text2image import LAYOUT_CLASSES, class_maps
+
+    world = ShapesWorld("train", 0)
+    for i in range(50):
+        scene, caption = world.example(i)
+        maps = class_maps(scene, 8)
+        groups = dict(zip(LAYOUT_CLASSES, maps.split([len(v) for v in LAYOUT_CLASSES.values()])))
+        for g in groups.values():
+            torch.testing.assert_close(g.sum(0), torch.ones(8, 8))
+        for o in scene.objects:
+            cy, cx = int(o.y // 4), int(o.x // 4)
+            for attr, names in LAYOUT_CLASSES.items():
+                assert names[int(groups[attr][:, cy, cx].argmax())] == getattr(o, attr), caption
+        far = [(y, x) for y in (0, 7) for x in (0, 7) if all(abs(o.y - (4 * y + 2)) > 12 or abs(o.x - (4 * x + 2)) > 12
+                                                              for o in scene.objects)]
+        for y, x in far:
+            assert groups["shape"][0, y, x] == 1.0, caption
+
+
+def test_semantic_layout_warmup_teaches_the_class_maps(tmp_path, capsys):
+    """With --layout-classes the pool carries the class maps and the warm-up lowers the layout's
+    cross-entropy against them."""
+    from genlab.train.text2image import Text2ImageRun, layout_loss
+
+    vae = tmp_path / "vae"
+    assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
+    options = {"vae": str(vae), "images": 32, "layout": 4, "layout_warmup": 60, "layout_classes": True, "steps": 1,
+               "batch_size": 16, "lr": 1e-3, "seed": 0}
+    r = Text2ImageRun.create(tmp_path / "t", options)
+    r.prepare()
+    assert r.pool.classes.shape == (32, 14, 8, 8) and r.model.unet.config.in_channels == 4 + 4 + 14
+
+    def class_error():
+        with torch.no_grad():
+            layout = r.model.layout
+            raw = layout(r.pool.states.float())
+            return (layout_loss(layout, raw, r.pool.latents, r.pool.classes)
+                    - layout_loss(layout, raw, r.pool.latents, None)).item()
+
+    before = class_error()
+    r.warm_layout()
+    assert class_error() < 0.7 * before
+
+
+def test_layout_classes_need_a_layout_and_stay_on_resume(tmp_path, capsys):
+    code, _, err = run(["train", "text2image", "--layout", "0", "--layout-classes", "--out", str(tmp_path / "t")], capsys)
+    assert_one_line_error(code, err, "--layout-classes needs a layout: drop --layout 0, or give it 4 channels or more")
+    vae, out = tmp_path / "vae", tmp_path / "semantic"
+    assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
+    assert run(["train", "text2image", "--vae", str(vae), "--out", str(out), "--steps", "2", "--layout", "4",
+                "--layout-classes", "--layout-warmup", "2"] + T2I, capsys)[0] == 0
+    assert json.loads((out / "model" / "genlab.json").read_text())["layout_classes"] == [7, 4, 3]
+    code, _, err = run(["train", "text2image", "--out", str(out), "--steps", "3", "--resume", "--no-layout-classes"] + T2I,
+                       capsys)
+    assert_one_line_error(code, err, "--layout-classes is True there, not False")
 
 
 @pytest.mark.slow

@@ -97,7 +97,8 @@ def check_every(checkpoint_every: int, sample_every: int) -> None:
 
 
 VAE_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
-TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 0, "layout_warmup": 1500, "steps": 7000,
+TEXT2IMAGE_DEFAULTS = {"vae": "runs/shapes-vae", "images": 20000, "layout": 8, "layout_warmup": 1500, "layout_classes": True,
+                       "steps": 4000,
                        "batch_size": 64, "lr": 1e-3, "seed": 0}
 
 
@@ -136,13 +137,17 @@ def text2image(
                                                        "[default: 20000]")] = None,
     layout: Annotated[Optional[int], typer.Option(help="Channels of the prompt layout, a map of what the prompt puts where, "
                                                        "read by the UNet next to the latent (image/text2image.py); the first 4 "
-                                                       "learn to guess the latent picture; 8 follows relations far better "
-                                                       "(docs/benchmarks.md). 0 = none, a plain Stable Diffusion UNet, as the "
-                                                       "bundled model. [default: 0]")] = None,
+                                                       "learn to guess the latent picture; it makes relations work "
+                                                       "(docs/benchmarks.md). 0 = none, a plain Stable Diffusion UNet. "
+                                                       "[default: 8]")] = None,
     layout_warmup: Annotated[Optional[int], typer.Option("--layout-warmup", help="Steps in which a new layout learns its guess "
                                                          "of the picture by itself, before the UNet's first step (about a "
                                                          "minute for the default). [default: 1500]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 7000]")] = None,
+    layout_classes: Annotated[Optional[bool], typer.Option("--layout-classes/--no-layout-classes", help="A semantic layout: "
+                              "it also learns which colour, shape and size covers each latent position (the shapes "
+                              "world's ground truth), and the UNet reads those probabilities: shapes and colours "
+                              "stay with their places. [default: yes, with a layout]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total; with --resume, a larger total extends the run. [default: 4000]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pictures per step. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay). [default: 1e-3]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the initial weights, the pool and every draw. [default: 0]")] = None,
@@ -162,8 +167,11 @@ def text2image(
     check(layout is None or layout == 0 or layout >= 4, f"--layout must be 0 (none) or at least 4 channels (the first 4 "
           f"guess the latent picture), got {layout}")
     check(layout_warmup is None or layout_warmup >= 0, f"--layout-warmup must be 0 or more steps, got {layout_warmup}")
+    if layout == 0 and not resume:  # no layout, so no classes unless asked for (which check refuses)
+        check(not layout_classes, "--layout-classes needs a layout: drop --layout 0, or give it 4 channels or more")
+        layout_classes = False
     run = start_run(Text2ImageRun, out, resume, TEXT2IMAGE_DEFAULTS, vae=vae, images=images, layout=layout,
-                    layout_warmup=layout_warmup, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+                    layout_warmup=layout_warmup, layout_classes=layout_classes, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     n = sum(p.numel() for p in run.model.denoiser().parameters())
     what = "UNet and prompt layout" if run.model.layout is not None else "UNet"
     console.print(("resuming" if resume else "training") + f" the text-to-image {what} ({n / 1e6:.2f}M parameters) at step "
@@ -172,7 +180,7 @@ def text2image(
         run.prepare(lambda done: update(done, ""))
     if run.warm_steps:
         with step_progress("warming the layout", run.warm_steps) as update:
-            run.warm_layout(lambda done, loss: update(done, f"guess loss {loss:.4f}"))
+            run.warm_layout(lambda done, loss: update(done, f"layout loss {loss:.4f}"))
     fit(run, out, checkpoint_every, sample_every)
     console.print(f"model saved in {out / 'model'}; try: genlab image 'a red circle above a blue square' --model {out}")
 

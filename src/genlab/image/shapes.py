@@ -215,14 +215,36 @@ def render(scene: Scene, scale: int = 4):
     big = Image.new("RGB", (SIZE * scale, SIZE * scale))
     draw = ImageDraw.Draw(big)
     for o in scene.objects:
-        x, y, r, fill = o.x * scale, o.y * scale, RADIUS[o.size] * scale, COLORS[o.color]
-        if o.shape == "circle":
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
-        elif o.shape == "square":
-            draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
-        else:  # a triangle pointing up, as wide as it is tall
-            draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
+        _draw(draw, o, scale, COLORS[o.color])
     return big.resize((SIZE, SIZE), Image.Resampling.BOX)
+
+
+def coverage(scene: Scene, cells: int, scale: int = 4) -> list:
+    """How much of every cell of a cells x cells grid each object covers: one (cells, cells)
+    array in [0, 1] per object, the later object over the earlier as render() draws them.
+    With cells = 8, a cell is what one latent position of the VAE sees."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    masks = []
+    for o in scene.objects:
+        big = Image.new("L", (SIZE * scale, SIZE * scale))
+        _draw(ImageDraw.Draw(big), o, scale, 255)
+        masks.append(np.asarray(big.resize((cells, cells), Image.Resampling.BOX), dtype=np.float32) / 255)
+    above = np.zeros((cells, cells), np.float32)  # what the later objects cover
+    for i in reversed(range(len(masks))):
+        masks[i], above = masks[i] * (1 - above), above + masks[i] * (1 - above)
+    return masks
+
+
+def _draw(draw, o: Obj, scale: int, fill) -> None:
+    x, y, r = o.x * scale, o.y * scale, RADIUS[o.size] * scale
+    if o.shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif o.shape == "square":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+    else:  # a triangle pointing up, as wide as it is tall
+        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
 
 
 # --- reading captions back -----------------------------------------------------------------

@@ -7,10 +7,11 @@
 
 One part is genlab's own: a prompt layout (PromptLayout below), where every latent position
 asks the prompt what belongs there. Its answer joins the noisy latent as extra UNet input
-channels; training also asks its first channels to guess the picture from the prompt alone.
-With it a model learns which object of "a red circle to the left of a blue square" goes on
-which side, which the UNet alone does not (docs/benchmarks.md, "Prompt adherence"). The
-bundled model has none yet (`genlab train text2image --layout 8` trains one).
+channels; training also asks its first channels to guess the picture from the prompt alone,
+and its class maps which colour, shape and size covers each position. With it a model
+learns which object of "a red circle to the left of a blue square" goes on which side, and
+keeps each shape with its colour, which the UNet alone does not (docs/benchmarks.md, "Prompt
+adherence"). The bundled model has one.
 
     model = load_text2image(folder)
     cond = model.condition("a red circle above a blue square", n=4)   # {"states": (4, 32, 384)}
@@ -59,16 +60,23 @@ class TextToImageConfig:
     schedule: str = "cosine"
     prediction: str = "v"
     train_steps: int = 1000
-    guidance: float = 3.0  # the default classifier-free guidance scale (benchmarks/prompt_adherence.py)
+    guidance: float = 5.0  # the default classifier-free guidance scale, tuned for the bundled model (docs/benchmarks.md)
     vocabulary: str = "shapes"  # what prompts the model was trained on (image/shapes.py); "" for free text
     layout_channels: int = 0  # PromptLayout's channels added to the UNet's input; 0 = none (a plain SD UNet)
     layout_width: int = 64  # PromptLayout's query width (4 heads)
+    layout_classes: tuple[int, ...] = ()  # PromptLayout's class maps: the sizes of its softmax groups (a semantic layout)
 
     def __post_init__(self):
-        self.vae_widths, self.widths = tuple(self.vae_widths), tuple(self.widths)
+        self.vae_widths, self.widths, self.layout_classes = tuple(self.vae_widths), tuple(self.widths), tuple(self.layout_classes)
+        check(not self.layout_classes or self.layout_channels, "layout_classes needs a layout (layout_channels > 0)")
         check(self.kind == KIND, f"{CONFIG_FILE}: kind must be {KIND!r}, got {self.kind!r}")
         check(self.schedule in ("cosine", "linear"), f"schedule must be cosine or linear, got {self.schedule!r}")
         check(self.prediction in ("v", "eps"), f"prediction must be v or eps, got {self.prediction!r}")
+
+    @property
+    def layout_inputs(self) -> int:
+        """The UNet's input channels beyond the latent: the layout's free channels and its class maps."""
+        return self.layout_channels + sum(self.layout_classes)
 
     @property
     def latent_size(self) -> int:
@@ -99,11 +107,19 @@ class PromptLayout(torch.nn.Module):
     UNet alone learns that "left of" and "right of" mean side by side, but not which object
     goes on which side (docs/benchmarks.md, "Prompt adherence"). Here the question "what is
     at the left?" is asked from the position itself, from the first step.
+
+    A semantic layout (`classes`, e.g. (7, 4, 3)) also answers, per position, a distribution
+    over each group of classes: which colour, shape and size covers it, "nothing" included.
+    Training teaches them from the shapes world's ground truth (train/text2image.py); the
+    UNet reads the probabilities. The picture guess blurs a shape wherever its place is
+    uncertain; "a circle, if anything, is here" stays sharp, so the shape the prompt binds to
+    a place reaches the UNet as plainly as its colour.
     """
 
-    def __init__(self, size: int, channels: int, width: int = 64, heads: int = 4, text_width: int = TextEncoder.width):
+    def __init__(self, size: int, channels: int, width: int = 64, heads: int = 4, text_width: int = TextEncoder.width,
+                 classes: tuple[int, ...] = ()):
         super().__init__()
-        self.size, self.heads = size, heads
+        self.size, self.heads, self.channels, self.classes = size, heads, channels, tuple(classes)
         # first the tokens read each other (one transformer layer): which object a word belongs to,
         # and which side the relation gives it, is spread over the sentence
         inner = 2 * width  # the token states are narrowed to this first: the layer costs a ninth of one at 384
@@ -115,10 +131,11 @@ class PromptLayout(torch.nn.Module):
         self.to_q, self.out = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
         self.mlp = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 2 * width), torch.nn.GELU(),
                                        torch.nn.Linear(2 * width, width))
-        self.to_map = torch.nn.Linear(width, channels)
+        self.to_map = torch.nn.Linear(width, channels + sum(self.classes))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """(B, L, text_width) token states -> (B, channels, size, size)."""
+        """(B, L, text_width) token states -> (B, channels + sum(classes), size, size): the free
+        channels, then each class group's logits (unet_input turns them into probabilities)."""
         b, h = states.shape[0], self.heads
         text = self.norm_text(self.text(states))
         split = lambda x: x.unflatten(-1, (h, -1)).transpose(1, 2)  # (B, L, width) -> (B, heads, L, width / heads)  # noqa: E731
@@ -127,6 +144,16 @@ class PromptLayout(torch.nn.Module):
         x = self.queries + self.out(x.transpose(1, 2).flatten(2))  # (B, positions, width)
         x = x + self.mlp(x)
         return self.to_map(x).transpose(1, 2).unflatten(2, (self.size, self.size))
+
+    def class_logits(self, raw: torch.Tensor) -> list[torch.Tensor]:
+        """forward()'s output -> the logits of each class group, (B, n_classes, size, size) each."""
+        return list(raw[:, self.channels:].split(self.classes, dim=1)) if self.classes else []
+
+    def unet_input(self, raw: torch.Tensor) -> torch.Tensor:
+        """What the UNet reads: the free channels as they are, each class group as probabilities."""
+        if not self.classes:
+            return raw
+        return torch.cat([raw[:, :self.channels], *(g.softmax(1) for g in self.class_logits(raw))], 1)
 
 
 class TextToImage(torch.nn.Module):
@@ -139,12 +166,12 @@ class TextToImage(torch.nn.Module):
         super().__init__()
         self.config = c = config
         self.unet = unet if unet is not None else UNet2DConditionModel(
-            sample_size=c.latent_size, in_channels=c.latent_channels + c.layout_channels, out_channels=c.latent_channels,
+            sample_size=c.latent_size, in_channels=c.latent_channels + c.layout_inputs, out_channels=c.latent_channels,
             block_out_channels=c.widths, layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D",) * len(c.widths), up_block_types=("CrossAttnUpBlock2D",) * len(c.widths),
             cross_attention_dim=TextEncoder.width, attention_head_dim=c.heads, norm_num_groups=16)
         self.layout = layout if layout is not None or not c.layout_channels else PromptLayout(
-            c.latent_size, c.layout_channels, c.layout_width, c.heads)
+            c.latent_size, c.layout_channels, c.layout_width, c.heads, classes=c.layout_classes)
         self.vae = vae if vae is not None else autoencoder.build_vae(c.resolution, c.vae_widths, c.latent_channels)
         self.vae.requires_grad_(False)
         self.encoder = encoder or TextEncoder.bundled(c.max_tokens)  # frozen and shared: not a submodule
@@ -152,11 +179,11 @@ class TextToImage(torch.nn.Module):
     # --- what the denoiser is --------------------------------------------------------------------
 
     def forward(self, zt: torch.Tensor, t: torch.Tensor, states: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
-        """`layout`: the prompt layout's map of these states, if already computed (training reuses it)."""
+        """`layout`: the prompt layout's output for these states, if already computed (training reuses it)."""
         states = states.to(zt.dtype)
         if self.layout is not None and layout is None:
             layout = self.layout(states)
-        x = zt if layout is None else torch.cat([zt, layout.to(zt.dtype)], 1)
+        x = zt if layout is None else torch.cat([zt, self.layout.unet_input(layout).to(zt.dtype)], 1)
         return self.unet(x, t, encoder_hidden_states=states).sample  # (B, 4, h, w)
 
     def denoiser(self) -> torch.nn.Module:

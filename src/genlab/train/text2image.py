@@ -20,7 +20,7 @@ import torch
 
 from ..errors import check
 from ..image import autoencoder
-from ..image.shapes import ShapesWorld, render
+from ..image.shapes import COLORS, RADIUS, SHAPES, ShapesWorld, coverage, render
 from ..image.text2image import TextToImage, TextToImageConfig, save_text2image
 from ..store import atomic_dir
 from .diffusion import P_UNCOND, denoising_loss
@@ -29,12 +29,34 @@ from .loop import EMA, StepStats, Trainer, TrainConfig, resume_steps
 # The prompt layout's first channels learn, besides what the UNet asks of them, to guess the
 # latent picture from the prompt alone (its mean over all pictures that fit the caption): a
 # direct signal for "which object goes where", which the denoising loss alone did not teach.
-LAYOUT_WEIGHT = 1.0
+LAYOUT_WEIGHT = 1.0  # layout_loss's weight next to the denoising loss
 
 
-def guess_loss(layout_map: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
-    """How far the layout's first channels are from the clean latent: its guess of the picture."""
-    return torch.nn.functional.mse_loss(layout_map[:, :z0.shape[1]], z0)
+# A semantic layout (--layout-classes) also learns what covers each latent position: one
+# distribution per group, "nothing" first. The shapes world knows it exactly (class_maps).
+LAYOUT_CLASSES = {"color": ("nothing", *COLORS), "shape": ("nothing", *SHAPES), "size": ("nothing", *RADIUS)}
+
+
+def class_maps(scene, cells: int) -> torch.Tensor:
+    """The share of every cell that each class covers: (7 + 4 + 3, cells, cells), each group summing to 1."""
+    masks = [torch.from_numpy(m) for m in coverage(scene, cells)]
+    nothing = 1 - sum(masks, torch.zeros(cells, cells))
+    share = lambda attr, name: sum((m for m, o in zip(masks, scene.objects) if getattr(o, attr) == name),  # noqa: E731
+                                   torch.zeros(cells, cells))
+    return torch.stack([nothing if name == "nothing" else share(attr, name)
+                        for attr, names in LAYOUT_CLASSES.items() for name in names])
+
+
+def layout_loss(layout, raw: torch.Tensor, z0: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """What the layout learns besides what the UNet asks of it: its first channels guess the
+    clean latent (mean squared error), and each class group, if any, the share of each class
+    in each cell (cross-entropy against those shares)."""
+    loss = torch.nn.functional.mse_loss(raw[:, :z0.shape[1]], z0)
+    if classes is not None:
+        targets = classes.float().split(layout.classes, dim=1)
+        for logits, target in zip(layout.class_logits(raw), targets):
+            loss = loss + -(target * logits.log_softmax(1)).sum(1).mean()
+    return loss
 
 
 SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle on the left", "a yellow square at the bottom",
@@ -119,23 +141,28 @@ class Pool:
     latents: torch.Tensor  # (P, 4, 8, 8) scaled VAE latents
     states: torch.Tensor  # (P, max_tokens, 384) float16 text-encoder states of the captions
     null: torch.Tensor  # (max_tokens, 384) the empty prompt's states, for caption dropout
+    classes: torch.Tensor | None = None  # (P, 14, 8, 8) float16 class_maps, for a semantic layout
 
 
 def build_pool(model: TextToImage, images: int, seed: int, on_progress=None, chunk: int = 250) -> Pool:
     """Encode `images` training examples once: pictures through the VAE, captions through the text encoder."""
-    world = ShapesWorld("train", seed)
-    latents, states, cache = [], [], {}
+    world, semantic = ShapesWorld("train", seed), bool(model.config.layout_classes)
+    latents, states, classes, cache = [], [], [], {}
     with torch.no_grad():
         for start in range(0, images, chunk):
-            x, captions = shapes_batch(world, list(range(start, min(start + chunk, images))))
+            indices = list(range(start, min(start + chunk, images)))
+            x, captions = shapes_batch(world, indices)
             latents.append(model.encode(x))
+            if semantic:
+                cells = model.config.latent_size
+                classes.append(torch.stack([class_maps(world.example(i)[0], cells) for i in indices]).half())
             new = sorted(set(captions) - cache.keys())
             if new:  # the same caption twice is encoded once
                 cache |= dict(zip(new, model.encoder(new)[0].half()))
             states.append(torch.stack([cache[c] for c in captions]))
             if on_progress:
                 on_progress(min(start + chunk, images))
-    return Pool(torch.cat(latents), torch.cat(states), model.encoder([""])[0][0])
+    return Pool(torch.cat(latents), torch.cat(states), model.encoder([""])[0][0], torch.cat(classes) if semantic else None)
 
 
 @dataclass
@@ -154,9 +181,10 @@ class Text2ImageRun:
     def create(cls, out: Path, options: dict) -> "Text2ImageRun":
         o = dict(options)
         vae_folder, images, layout = str(Path(o.pop("vae")).expanduser().resolve()), o.pop("images"), o.pop("layout")
-        warmup = o.pop("layout_warmup")
-        model = cls._model(vae_folder, o["seed"], layout)
-        extra = {"kind": "text2image", "vae": vae_folder, "images": images, "layout": layout, "layout_warmup": warmup}
+        warmup, semantic = o.pop("layout_warmup"), o.pop("layout_classes")
+        model = cls._model(vae_folder, o["seed"], layout, semantic)
+        extra = {"kind": "text2image", "vae": vae_folder, "images": images, "layout": layout, "layout_warmup": warmup,
+                 "layout_classes": semantic}
         return cls(Trainer(model.denoiser(), TrainConfig(**o), extra), model, out, images, warmup=warmup)
 
     @classmethod
@@ -166,13 +194,13 @@ class Text2ImageRun:
         check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
         same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
         saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra.get("layout", 0),
-                                  "layout_warmup": extra.get("layout_warmup", 0)}
+                                  "layout_warmup": extra.get("layout_warmup", 0), "layout_classes": extra.get("layout_classes", False)}
         steps = resume_steps(saved, given, meta["step"], same)
-        model = cls._model(extra["vae"], meta["config"]["seed"], saved["layout"])
+        model = cls._model(extra["vae"], meta["config"]["seed"], saved["layout"], saved["layout_classes"])
         return cls(Trainer.resume(model.denoiser(), checkpoint, steps), model, out, extra["images"], warmup=saved["layout_warmup"])
 
     @staticmethod
-    def _model(vae_folder: str, seed: int, layout: int) -> TextToImage:
+    def _model(vae_folder: str, seed: int, layout: int, semantic: bool) -> TextToImage:
         from diffusers import AutoencoderKL
 
         folder = Path(vae_folder)
@@ -180,7 +208,8 @@ class Text2ImageRun:
         check((folder / "config.json").is_file(), f"--vae {vae_folder}: no trained VAE there; run `genlab train vae` first")
         vae = AutoencoderKL.from_pretrained(folder).eval()
         torch.manual_seed(seed)  # the UNet's initial weights
-        return TextToImage(TextToImageConfig(layout_channels=layout), vae)
+        classes = tuple(len(names) for names in LAYOUT_CLASSES.values()) if semantic else ()
+        return TextToImage(TextToImageConfig(layout_channels=layout, layout_classes=classes), vae)
 
     def prepare(self, on_progress=None) -> None:
         """Encode the training pool (steps() does it too, if not done yet)."""
@@ -208,7 +237,8 @@ class Text2ImageRun:
             for group in opt.param_groups:
                 group["lr"] = schedule.lr_at(step)
             idx = torch.randint(len(pool.latents), (cfg.batch_size,), generator=g)
-            loss = guess_loss(layout(pool.states[idx].float()), pool.latents[idx])
+            classes = None if pool.classes is None else pool.classes[idx]
+            loss = layout_loss(layout, layout(pool.states[idx].float()), pool.latents[idx], classes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -226,6 +256,7 @@ class Text2ImageRun:
         def loss(_denoiser, g: torch.Generator) -> torch.Tensor:  # the trainer's module is self.model's UNet and layout
             idx = torch.randint(len(pool.latents), (batch,), generator=g)
             z0, states = pool.latents[idx], pool.states[idx].float()  # (B, 4, 8, 8), (B, L, 384)
+            classes = None if pool.classes is None else pool.classes[idx]  # (B, 14, 8, 8)
 
             drop = torch.rand(batch, generator=g) < P_UNCOND  # the empty prompt, for guidance
             cond = torch.where(drop[:, None, None], pool.null.float(), states)
@@ -233,7 +264,8 @@ class Text2ImageRun:
             loss = denoising_loss(lambda zt, t: self.model(zt, t, cond, layout), schedule, z0, c.prediction, g)
             if layout is None:
                 return loss
-            return loss + LAYOUT_WEIGHT * guess_loss(layout[~drop], z0[~drop])  # the captioned ones
+            captioned = None if classes is None else classes[~drop]
+            return loss + LAYOUT_WEIGHT * layout_loss(self.model.layout, layout[~drop], z0[~drop], captioned)
 
         yield from self.trainer.run(loss)
 
