@@ -82,8 +82,8 @@ def test_layout_warmup_teaches_the_guess_before_the_unet_moves(tmp_path, capsys)
 
     vae = tmp_path / "vae"
     assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
-    options = {"vae": str(vae), "images": 32, "layout": 8, "layout_warmup": 60, "steps": 1, "batch_size": 16, "lr": 1e-3,
-               "seed": 0}
+    options = {"vae": str(vae), "images": 32, "layout": 8, "layout_warmup": 60, "layout_classes": False, "steps": 1,
+               "batch_size": 16, "lr": 1e-3, "seed": 0}
     r = Text2ImageRun.create(tmp_path / "t", options)
     r.prepare()
 
