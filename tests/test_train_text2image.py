@@ -75,17 +75,23 @@ def test_text2image_layout_warmup_must_not_be_negative(tmp_path, capsys):
     assert_one_line_error(code, err, "--layout-warmup must be 0 or more steps, got -1")
 
 
-def test_layout_warmup_teaches_the_guess_before_the_unet_moves(tmp_path, capsys):
-    """The warm-up trains the layout alone on the picture guess: its error on the pool falls,
-    and the UNet's weights are untouched until the first real step."""
+def _layout_run(tmp_path, capsys, layout: int, classes: bool):
+    """A new layout run (60 warm-up steps) on a one-step VAE, its pool of 32 pictures encoded."""
     from genlab.train.text2image import Text2ImageRun
 
     vae = tmp_path / "vae"
     assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
-    options = {"vae": str(vae), "images": 32, "layout": 8, "layout_warmup": 60, "layout_classes": False, "steps": 1,
+    options = {"vae": str(vae), "images": 32, "layout": layout, "layout_warmup": 60, "layout_classes": classes, "steps": 1,
                "batch_size": 16, "lr": 1e-3, "seed": 0}
     r = Text2ImageRun.create(tmp_path / "t", options)
     r.prepare()
+    return r
+
+
+def test_layout_warmup_teaches_the_guess_before_the_unet_moves(tmp_path, capsys):
+    """The warm-up trains the layout alone on the picture guess: its error on the pool falls,
+    and the UNet's weights are untouched until the first real step."""
+    r = _layout_run(tmp_path, capsys, layout=8, classes=False)
 
     def guess_error():
         with torch.no_grad():
@@ -126,14 +132,9 @@ def test_class_maps_say_what_covers_each_latent_position():
 def test_semantic_layout_warmup_teaches_the_class_maps(tmp_path, capsys):
     """With --layout-classes the pool carries the class maps and the warm-up lowers the layout's
     cross-entropy against them."""
-    from genlab.train.text2image import Text2ImageRun, layout_loss
+    from genlab.train.text2image import layout_loss
 
-    vae = tmp_path / "vae"
-    assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
-    options = {"vae": str(vae), "images": 32, "layout": 4, "layout_warmup": 60, "layout_classes": True, "steps": 1,
-               "batch_size": 16, "lr": 1e-3, "seed": 0}
-    r = Text2ImageRun.create(tmp_path / "t", options)
-    r.prepare()
+    r = _layout_run(tmp_path, capsys, layout=4, classes=True)
     assert r.pool.classes.shape == (32, 14, 8, 8) and r.model.unet.config.in_channels == 4 + 4 + 14
 
     def class_error():
