@@ -62,15 +62,13 @@ def main():
     p.add_argument("--prompts", type=int, default=300, help="prompts per prompt set")
     p.add_argument("--sweep-prompts", type=int, default=120, help="held-out prompts per point of each sweep")
     p.add_argument("--guidance-sweep", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.5])
-    p.add_argument("--steps-sweep", type=int, nargs="+", default=[5, 10, 20, 50])
+    p.add_argument("--steps-sweep", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     p.add_argument("--json", type=Path, default=Path("docs/prompt_adherence.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/prompt_adherence.png"))
     args = p.parse_args()
 
     gen = ImageGenerator(args.model)
-    from genlab.image.generator import ImageRequest
-
-    steps, guidance, sampler = ImageRequest("any").steps, gen.config.guidance, gen.default_sampler
+    steps, guidance, sampler = gen.default_steps, gen.config.guidance, gen.default_sampler
     print(f"model {args.model}: defaults {sampler}, {steps} steps, guidance {guidance}", flush=True)
     rows = {}
     for split in ("heldout-phrasing", "heldout-combo", "train"):

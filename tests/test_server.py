@@ -161,6 +161,17 @@ def test_images_match_python_api_and_cli(server, client, tmp_path):
     assert base64.b64decode(one.data[0].b64_json) == out.read_bytes() == _png(gen.generate("7", steps=10, seed=0)[0])
 
 
+def test_image_defaults_are_the_models_own(server, client):
+    """A request without steps or sampler gets the model's own, as the Python API and the CLI do:
+    the bundled shapes model's card says DDPM and 50 steps, and the picture is the API's."""
+    card = httpx.get(server.url + "/v1/models/shapes").json()
+    assert (card["default_sampler"], card["default_steps"], card["default_guidance"]) == ("ddpm", 50, 5.0)
+    answer = client.images.generate(model="shapes", prompt="two red circles", extra_body={"seed": 5})
+    gen = server.app.state.models.image["shapes"]
+    assert base64.b64decode(answer.data[0].b64_json) == _png(gen.generate("two red circles", seed=5)[0])
+    assert answer.model_extra["timings"]["model_calls"] == 50
+
+
 def test_image_model_picked_from_the_prompt(client):
     from PIL import Image
 

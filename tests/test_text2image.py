@@ -70,6 +70,37 @@ def test_folder_is_recognised_and_generates_reproducibly(tiny_t2i):
     assert a[0].tobytes() != a[1].tobytes()
 
 
+def _with_config(folder, tmp_path, **changes):
+    """A copy of the model folder with `changes` in its genlab.json."""
+    import json
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    config = copy / "genlab.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | changes))
+    return copy
+
+
+def test_the_folder_names_its_default_sampler_and_steps(tiny_t2i, tmp_path, capsys):
+    """genlab.json's sampler and sampling_steps are what a request that leaves them open gets,
+    from the Python API and the CLI alike; an unknown sampler there is a one-line error."""
+    from genlab.image.canvas import png_bytes
+    from test_cli import run
+
+    folder = _with_config(tiny_t2i, tmp_path, sampler="euler", sampling_steps=4)
+    gen = ImageGenerator(str(folder))
+    result = gen.run(ImageRequest("a red circle", seed=3))
+    assert result.model_calls == 4
+    assert png_bytes(result.images[0]) == png_bytes(gen.generate("a red circle", sampler="euler", steps=4, seed=3)[0])
+    assert png_bytes(result.images[0]) != png_bytes(gen.generate("a red circle", sampler="dpmpp", steps=4, seed=3)[0])
+    code, _, err = run(["image", "a red circle", "--model", str(folder), "--seed", "3", "--out", str(tmp_path / "a.png")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "a.png").read_bytes() == png_bytes(result.images[0]) and "4 model calls" in err
+    with pytest.raises(GenlabError, match="unknown sampler 'plms'; choose one of: ddpm, ddim"):
+        ImageGenerator(str(_with_config(tiny_t2i, tmp_path / "bad", sampler="plms")))
+
+
 @pytest.mark.parametrize("prompt", ["", "   "])
 def test_empty_prompt_is_a_clear_error(tiny_t2i, prompt):
     with pytest.raises(GenlabError, match="the prompt is empty"):

@@ -65,9 +65,10 @@ def write_prompt(idea: str, text_generator, seed: int = 0) -> tuple[str, Spec]:
                       f"(it knows {', '.join(SHAPES)} in {', '.join(COLORS)}); try rephrasing the idea")
 
 
-def imagine(idea: str, seed: int = 0, steps: int = 20, guidance: float | None = None, text_generator=None,
+def imagine(idea: str, seed: int = 0, steps: int | None = None, guidance: float | None = None, text_generator=None,
             image_generator=None) -> Imagined:
-    """Idea -> the LLM's prompt -> a picture. Generators may be passed in to reuse loaded models."""
+    """Idea -> the LLM's prompt -> a picture. Generators may be passed in to reuse loaded models.
+    `steps` and `guidance` default to the image model's own."""
     from .image.generator import ImageGenerator
     from .text.generator import TextGenerator
 
@@ -76,6 +77,5 @@ def imagine(idea: str, seed: int = 0, steps: int = 20, guidance: float | None = 
     llm_seconds = time.perf_counter() - start
     prompt = describe(spec)
     start = time.perf_counter()
-    options = {"steps": steps, "seed": seed} | ({"guidance": guidance} if guidance is not None else {})
-    [image] = (image_generator or ImageGenerator("shapes")).generate(prompt, **options)
+    [image] = (image_generator or ImageGenerator("shapes")).generate(prompt, steps=steps, seed=seed, guidance=guidance)
     return Imagined(idea, llm_text, prompt, spec, image, llm_seconds, time.perf_counter() - start)

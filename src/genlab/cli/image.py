@@ -19,8 +19,9 @@ def image(
                                                  "train diffusion or text2image, or a diffusers pipeline folder (e.g. Stable "
                                                  "Diffusion). [default: digits for a prompt naming a digit, else shapes]")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), dpmpp-sde (its stochastic form), euler or heun. "
-                                                        "Default: dpmpp (euler for rectified-flow models; a diffusers pipeline keeps its own).")] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps (heun calls the model about twice per step).")] = 20,
+                                                        "[default: the model's: ddpm for shapes, dpmpp for digits; a diffusers pipeline keeps its own]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (heun calls the model about twice per step). "
+                                                      "[default: the model's: 50 for shapes, 20 for digits and diffusers pipelines]")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt "
                                                            "harder. [default: the model's, 1.25 for digits]")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (replaces the unconditional branch).")] = None,
@@ -58,7 +59,8 @@ def image(
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
     gen = ImageGenerator(model or pick_model(prompt), device=device, dtype=dtype, adapter=adapter, adapter_scale=adapter_scale)
-    with step_progress(sampler or gen.default_sampler or "sampling", steps) as update:
+    request = gen.filled(request)
+    with step_progress(request.sampler or "sampling", request.steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
     picture = result.images[0] if n == 1 else grid(result.images)
     save_png(upscale(picture, scale), out)

@@ -16,7 +16,7 @@ def imagine(
     idea: Annotated[str, typer.Argument(help="Anything, in your own words: 'something that looks like a traffic light'.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG file.")] = Path("imagine.png"),
     seed: Annotated[int, typer.Option(help="Seed for the LLM's retry and for the image; the same seed gives the same PNG.")] = 0,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps. [default: the image model's, 50 for shapes]")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale. [default: the image model's]")] = None,
     text_model: Annotated[str, typer.Option("--text-model", help="The LLM that writes the prompt (see genlab models).")] = "smollm2-135m-instruct",
     image_model: Annotated[str, typer.Option("--image-model", help="The text-to-image model: 'shapes' or a folder from "
@@ -37,7 +37,7 @@ def imagine(
 
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
     check(1 <= scale <= 64, f"--scale must be between 1 and 64, got {scale}")
-    check(steps >= 1, f"--steps must be at least 1, got {steps}")
+    check(steps is None or steps >= 1, f"--steps must be at least 1, got {steps}")
     start = time.perf_counter()
     writer, painter = TextGenerator(text_model), ImageGenerator(image_model)
     load_s = time.perf_counter() - start

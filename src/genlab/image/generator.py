@@ -13,6 +13,7 @@ be a diffusers pipeline (e.g. Stable Diffusion); diffusers_pipeline.py runs that
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from ..errors import check
 from ..store import bundled_weights, weights_folder
 from .canvas import open_image, read_image, read_mask, to_pil
 from .denoiser import parse_prompt  # noqa: F401  (part of this module's API)
-from .samplers import SAMPLERS, SampleStep, make_plan
+from .samplers import SAMPLERS, SampleStep, check_sampler, make_plan
 
 # Models trained by genlab and shipped in src/genlab/weights/ (see docs/models.md), by name.
 BUNDLED = {"digits": "digits-diffusion", "shapes": "shapes-text2image"}
@@ -61,8 +62,8 @@ def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
 class ImageRequest:
     prompt: str
     n: int = 1
-    sampler: str | None = None  # None: the model's default (dpmpp; euler for rectified flow)
-    steps: int = 20
+    sampler: str | None = None  # None: the model's default (genlab.json's "sampler"; else dpmpp, euler for rectified flow)
+    steps: int | None = None  # None: the model's default (genlab.json's "sampling_steps"; 20 for a diffusers pipeline)
     guidance: float | None = None  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt; None: the model's
     negative_prompt: str | None = None
     seed: int | None = None
@@ -75,12 +76,12 @@ class ImageRequest:
     def __post_init__(self):
         check(isinstance(self.prompt, str) and self.prompt.strip() != "",
               "the prompt is empty; describe the picture, e.g. 'a red circle above a blue square' or 'a handwritten 7'")
-        check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        check(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
         check(self.guidance is None or self.guidance >= 0, f"--guidance must be 0 or more, got {self.guidance}")
         check(self.n >= 1, f"-n must be at least 1, got {self.n}")
         check(0 <= self.strength <= 1, f"--strength must be between 0 and 1, got {self.strength}")
         check(self.eta >= 0, f"--eta must be 0 or more, got {self.eta}")
-        check(self.sampler is None or self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        check_sampler(self.sampler)
         check(self.mask is None or self.init_image is not None, "--mask needs --init-image: the picture to inpaint")
         if self.seed is None:
             self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
@@ -174,6 +175,7 @@ class ImageGenerator:
 
     def run(self, request: ImageRequest, on_step=None) -> ImageResult:
         """Generate, calling on_step(SampleStep) after each step (for progress bars and previews)."""
+        request = self.filled(request)
         if self.pipeline is not None:
             return self.pipeline.run(request, on_step)
         start = time.perf_counter()
@@ -194,7 +196,8 @@ class ImageGenerator:
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
         """The sampling loop itself: yields the starting x_T as step 0, then each step's x_t."""
-        m, n, sampler = self.model, request.n, request.sampler or self.default_sampler
+        request = self.filled(request)
+        m, n, sampler = self.model, request.n, request.sampler
         cond = m.condition(request.prompt, n)
         uncond = m.condition(request.negative_prompt, n) if request.negative_prompt else m.null_condition(n)
         denoise = guided(m, cond, uncond, self.guidance(request), self.dtype)
@@ -247,16 +250,27 @@ class ImageGenerator:
             out.append(self.model.decode(x).float())
         return torch.cat(out), calls[0] // len(labels.split(batch))
 
+    def filled(self, request: ImageRequest) -> ImageRequest:
+        """The request with the model's own sampler and steps where it leaves them open (None)."""
+        return dataclasses.replace(request, sampler=request.sampler or self.default_sampler,
+                                   steps=request.steps or self.default_steps)
+
     def guidance(self, request: ImageRequest) -> float:
         """The request's guidance scale, or the model's own default (genlab.json's "guidance")."""
         return request.guidance if request.guidance is not None else self.config.guidance
 
     @property
     def default_sampler(self) -> str | None:
-        """dpmpp; euler for rectified flow; None for a diffusers pipeline (keep its own scheduler)."""
+        """The model's own (genlab.json's "sampler"), else dpmpp, euler for rectified flow; None for
+        a diffusers pipeline (it keeps its own scheduler)."""
         if self.model is None:
             return None
-        return "euler" if self.config.schedule == "flow" else "dpmpp"
+        return self.config.sampler or ("euler" if self.config.schedule == "flow" else "dpmpp")
+
+    @property
+    def default_steps(self) -> int:
+        """The model's own (genlab.json's "sampling_steps"); 20 for a diffusers pipeline."""
+        return 20 if self.model is None else self.config.sampling_steps
 
     def _init(self, request: ImageRequest) -> torch.Tensor:  # (1, C, H, W)
         channels, size, _ = self.model.pixel_shape

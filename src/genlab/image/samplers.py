@@ -261,6 +261,11 @@ SAMPLERS: dict[str, Callable[..., Iterator[SampleStep]]] = {
 }
 
 
+def check_sampler(name: str | None, what: str = "sampler") -> None:
+    """None (the model's default) or a name in SAMPLERS; else a one-line error naming them."""
+    check(name is None or name in SAMPLERS, f"unknown {what} {name!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
 def model_calls(sampler: str, steps: int) -> int:
     """How many times the sampler calls the model for `steps` steps (heun: at most; see _karras)."""
     return 2 * steps - 1 if sampler == "heun" else steps

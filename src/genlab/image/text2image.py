@@ -40,6 +40,7 @@ import torch
 
 from ..errors import GenlabError, check
 from . import autoencoder
+from .samplers import check_sampler
 from .schedules import NoiseSchedule
 from .text_encoder import TextEncoder
 
@@ -60,7 +61,10 @@ class TextToImageConfig:
     schedule: str = "cosine"
     prediction: str = "v"
     train_steps: int = 1000
-    guidance: float = 5.0  # the default classifier-free guidance scale, tuned for the bundled model (docs/benchmarks.md)
+    # sampling defaults, chosen for the bundled model on tuning prompts (docs/benchmarks.md, "Prompt adherence"):
+    guidance: float = 5.0  # the classifier-free guidance scale
+    sampler: str | None = "ddpm"  # ancestral sampling: its fresh noise at every step helps counts and pairs
+    sampling_steps: int = 50
     vocabulary: str = "shapes"  # what prompts the model was trained on (image/shapes.py); "" for free text
     layout_channels: int = 0  # PromptLayout's channels added to the UNet's input; 0 = none (a plain SD UNet)
     layout_width: int = 64  # PromptLayout's query width (4 heads)
@@ -72,6 +76,8 @@ class TextToImageConfig:
         check(self.kind == KIND, f"{CONFIG_FILE}: kind must be {KIND!r}, got {self.kind!r}")
         check(self.schedule in ("cosine", "linear"), f"schedule must be cosine or linear, got {self.schedule!r}")
         check(self.prediction in ("v", "eps"), f"prediction must be v or eps, got {self.prediction!r}")
+        check_sampler(self.sampler)
+        check(self.sampling_steps >= 1, f"sampling_steps must be at least 1, got {self.sampling_steps}")
 
     @property
     def layout_inputs(self) -> int:

@@ -194,7 +194,7 @@ def _model_cards(models: Models) -> list[dict]:
 
             channels, height, width = gen.model.pixel_shape
             card.update(size=f"{width}x{height}", samplers=list(SAMPLERS), default_sampler=gen.default_sampler,
-                        default_guidance=gen.config.guidance)
+                        default_steps=gen.default_steps, default_guidance=gen.config.guidance)
         cards.append(card)
     return cards
 

@@ -40,7 +40,7 @@ async def generations(body: ImagesRequest, request: Request):
     default = pick_model(body.prompt) if body.model is None and body.prompt.strip() else None
     name, gen = models.pick("image", body.model, default if default in models.image else None)
     check(1 <= body.n <= config.max_images, f"n must be between 1 and {config.max_images} on this server, got {body.n}")
-    check(body.steps <= config.max_steps, f"steps must be at most {config.max_steps} on this server, got {body.steps}")
+    check(body.steps is None or body.steps <= config.max_steps, f"steps must be at most {config.max_steps} on this server, got {body.steps}")
     if body.size not in (None, "auto") and gen.model is not None:
         _, height, width = gen.model.pixel_shape
         check(body.size == f"{width}x{height}", f"size {body.size!r} is not available: model {name!r} draws "

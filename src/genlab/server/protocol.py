@@ -159,7 +159,7 @@ class ImagesRequest(Strict):
     user: Optional[str] = None
     # extensions, with AUTOMATIC1111's meaning
     seed: Optional[int] = None
-    steps: int = 20
+    steps: Optional[int] = None  # None: the model's default, as in `genlab image`
     sampler: Optional[str] = None
     guidance_scale: Optional[float] = None
     negative_prompt: Optional[str] = None

@@ -282,7 +282,7 @@ class Text2ImageRun:
             save_text2image(self.ema(), tmp)
         return path
 
-    def sample_grid(self, path: Path, steps: int = 20) -> Path:
+    def sample_grid(self, path: Path, steps: int | None = None) -> Path:
         """One sample per prompt in SAMPLE_PROMPTS, seed 0, the default sampler and guidance."""
         from ..image.canvas import grid, save_png, upscale
         from ..image.generator import ImageGenerator
