@@ -175,9 +175,8 @@ class ImageGenerator:
 
     def run(self, request: ImageRequest, on_step=None) -> ImageResult:
         """Generate, calling on_step(SampleStep) after each step (for progress bars and previews)."""
-        request = self.filled(request)
         if self.pipeline is not None:
-            return self.pipeline.run(request, on_step)
+            return self.pipeline.run(self.filled(request), on_step)
         start = time.perf_counter()
         frames, step = [], None
         for step in self.stream(request):
