@@ -261,9 +261,9 @@ SAMPLERS: dict[str, Callable[..., Iterator[SampleStep]]] = {
 }
 
 
-def check_sampler(name: str | None, what: str = "sampler") -> None:
+def check_sampler(name: str | None) -> None:
     """None (the model's default) or a name in SAMPLERS; else a one-line error naming them."""
-    check(name is None or name in SAMPLERS, f"unknown {what} {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    check(name is None or name in SAMPLERS, f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
 def model_calls(sampler: str, steps: int) -> int:
