@@ -66,10 +66,15 @@ SAMPLE_PROMPTS = ["a red circle", "two blue squares", "a green triangle on the l
 
 def shapes_batch(world: ShapesWorld, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
     """Pictures (B, 3, 32, 32) in [-1, 1] and their captions, for these example indices."""
+    scenes, captions = zip(*(world.example(i) for i in indices))
+    return pictures(scenes), list(captions)
+
+
+def pictures(scenes) -> torch.Tensor:
+    """The scenes rendered: (B, 3, 32, 32) in [-1, 1]."""
     from ..image.canvas import from_pil
 
-    scenes, captions = zip(*(world.example(i) for i in indices))
-    return torch.cat([from_pil(render(s)) for s in scenes]), list(captions)
+    return torch.cat([from_pil(render(s)) for s in scenes])
 
 
 # --- the VAE -----------------------------------------------------------------------------------
@@ -150,12 +155,10 @@ def build_pool(model: TextToImage, images: int, seed: int, on_progress=None, chu
     latents, states, classes, cache = [], [], [], {}
     with torch.no_grad():
         for start in range(0, images, chunk):
-            indices = list(range(start, min(start + chunk, images)))
-            x, captions = shapes_batch(world, indices)
-            latents.append(model.encode(x))
+            scenes, captions = zip(*(world.example(i) for i in range(start, min(start + chunk, images))))
+            latents.append(model.encode(pictures(scenes)))
             if semantic:
-                cells = model.config.latent_size
-                classes.append(torch.stack([class_maps(world.example(i)[0], cells) for i in indices]).half())
+                classes.append(torch.stack([class_maps(s, model.config.latent_size) for s in scenes]).half())
             new = sorted(set(captions) - cache.keys())
             if new:  # the same caption twice is encoded once
                 cache |= dict(zip(new, model.encoder(new)[0].half()))
