@@ -13,3 +13,37 @@ def check(condition: bool, message: str) -> None:
     """Raise GenlabError(message) unless condition holds: `check(steps >= 1, "steps must be >= 1")`."""
     if not condition:
         raise GenlabError(message)
+
+
+def check_number(name: str, value, low: float, high: float | None = None, *, integer: bool = False,
+                 above: bool = False) -> None:
+    """Raise GenlabError unless `value` is a finite number (an int when `integer`) from `low` to `high`
+    (None: no upper bound; `above`: strictly more than `low`). A bare `x >= 0` lets infinity through,
+    so every numeric option of every front end is checked here.
+
+        check_number("temperature", 0.7, 0, 100)      # ok
+        check_number("-n", 65, 1, 64, integer=True)   # GenlabError: -n must be an integer between 1 and 64, got 65
+    """
+    import math
+    import numbers
+
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if above else value >= low) and (high is None or value <= high)
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        if above:
+            span = f"above {low}" + ("" if high is None else f" and at most {high}")
+        else:
+            span = f"of at least {low}" if high is None else f"between {low} and {high}"
+        raise GenlabError(f"{name} must be {what} {span}, got {value!r}")
+
+
+def check_text(name: str, value: str) -> None:
+    """Raise GenlabError unless `value` is valid Unicode text. Undecodable bytes reach Python as lone
+    surrogates (argv and stdin use surrogateescape); tokenizers cannot encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise GenlabError(f"{name} is not valid UTF-8 (an undecodable byte at character {e.start}); "
+                          f"give text encoded as UTF-8") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genlab.errors import check
+from genlab.errors import check, check_number, check_text
 
 
 @dataclass
@@ -37,15 +37,16 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past the end-of-turn token (benchmarks want fixed lengths)
 
     def __post_init__(self):
-        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-              f"max_new_tokens must be an integer >= 1 (got {self.max_new_tokens!r})")
-        check(self.temperature >= 0, f"temperature must be >= 0, where 0 means greedy (got {self.temperature})")
-        check(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, where 0 means off (got {self.top_k!r})")
-        check(0 < self.top_p <= 1, f"top_p must be in (0, 1], where 1 means off (got {self.top_p})")
-        check(0 <= self.min_p <= 1, f"min_p must be in [0, 1], where 0 means off (got {self.min_p})")
-        check(self.repetition_penalty > 0, f"repetition_penalty must be > 0, where 1 means off (got {self.repetition_penalty})")
+        check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
+        check_number("temperature", self.temperature, 0, 100)  # 0 = greedy
+        check_number("top_k", self.top_k, 0, integer=True)  # 0 = off
+        check_number("top_p", self.top_p, 0, 1, above=True)  # 1 = off
+        check_number("min_p", self.min_p, 0, 1)  # 0 = off
+        check_number("repetition_penalty", self.repetition_penalty, 0, 100, above=True)  # 1 = off
         check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
-        check(0 <= self.top_logprobs <= 20, f"top_logprobs must be in [0, 20] (got {self.top_logprobs})")
+        for s in self.stop:
+            check_text("a stop string", s)
+        check_number("top_logprobs", self.top_logprobs, 0, 20, integer=True)
         check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
               f"seed must be an integer in [0, 2^63) (got {self.seed!r})")
 

@@ -15,7 +15,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_text
 
 _ROLES = ("system", "user", "assistant")
 
@@ -46,6 +46,7 @@ class Tokenizer:
         return cls(FastTokenizer.from_file(str(folder / "tokenizer.json")), config, template)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        check_text("the prompt", text)  # the fast tokenizer raises a bare TypeError on lone surrogates
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
@@ -79,6 +80,7 @@ def check_messages(messages) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
             raise GenlabError(f"messages[{i}] must be {{'role': one of {', '.join(_ROLES)}, 'content': a string}}")
+        check_text(f"messages[{i}]['content']", m["content"])
 
 
 def _compile(source: str):
