@@ -50,18 +50,18 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
 def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monkeypatch):
     """The full path at toy scale: each family trained from scratch into runs/, measured from there; a second
     compare resumes the finished runs instead of training again."""
-    import genlab.cli.train as train
+    import genlab.cli.compare as compare_cli
     import genlab.compare as compare
     import genlab.image.generator as generator
+    from genlab.train import options as o
 
-    tiny = {"steps": 3, "seed": 0}
-    monkeypatch.setattr(train, "GAN_DEFAULTS", train.GAN_DEFAULTS | tiny | {"width": 16, "batch_size": 16})
-    monkeypatch.setattr(train, "AR_IMAGE_DEFAULTS", train.AR_IMAGE_DEFAULTS | tiny | {"width": 32, "layers": 1})
-    monkeypatch.setattr(train, "DEFAULTS", train.DEFAULTS | {"batch_size": 16})
+    tiny = {"steps": 3, "seed": 0, "checkpoint_every": 500, "sample_every": 0}
     monkeypatch.setitem(generator.DIGITS_OPTIONS, "steps", 3)
     text = tiny | {"vocab_size": 300, "width": 32, "layers": 1, "heads": 2, "context": 192, "batch_size": 4}
-    monkeypatch.setattr(train, "LM_DEFAULTS", train.LM_DEFAULTS | text)
-    monkeypatch.setattr(train, "DIFFUSION_LM_DEFAULTS", train.DIFFUSION_LM_DEFAULTS | text)
+    monkeypatch.setattr(compare_cli, "retrain_options", lambda: {
+        "gan": o.GanOptions(**tiny, width=16, batch_size=16), "ar-image": o.ArImageOptions(**tiny, width=32, layers=1),
+        "diffusion": o.DiffusionOptions(**tiny, resolution=8, upsample=2, batch_size=16),
+        "lm": o.LmOptions(**text), "diffusion-lm": o.DiffusionLmOptions(**text)})
     monkeypatch.setitem(compare.SAMPLES, False, 20)
     monkeypatch.setitem(compare.DIFFUSION_SWEEP, False, (2, compare.ROW_STEPS))
 

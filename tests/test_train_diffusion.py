@@ -10,10 +10,10 @@ from genlab.errors import GenlabError
 from genlab.image.data import digits, load_images
 from genlab.image.denoiser import DiffusionConfig
 from genlab.train.diffusion import DiffusionRun
-from genlab.train.loop import TrainConfig
+from genlab.train.options import DiffusionOptions
 from test_cli import assert_one_line_error, run
 
-TINY = DiffusionConfig(widths=(16, 32), attention_levels=())
+TINY = {"resolution": 8, "widths": (16, 32), "attention_levels": ()}  # a small UNet on the 8x8 digits
 
 
 def test_digits_splits_and_range():
@@ -56,17 +56,17 @@ def test_mixed_sizes_are_fine_with_a_resolution(tmp_path):
 
 
 def test_loss_goes_down(tmp_path):
-    run_ = DiffusionRun.start(TrainConfig(steps=60, batch_size=32, lr=2e-3, warmup=10), "digits", tmp_path, 8, TINY)
+    run_ = DiffusionRun.create(tmp_path, DiffusionOptions(steps=60, batch_size=32, lr=2e-3, warmup=10, **TINY))
     losses = [s.loss for s in run_.steps()]
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
 
 
 def test_resume_is_bit_for_bit(tmp_path):
-    config = TrainConfig(steps=8, batch_size=16, warmup=2)
-    straight = DiffusionRun.start(config, "digits", tmp_path / "a", 8, TINY)
+    options = DiffusionOptions(steps=8, batch_size=16, lr=1e-3, warmup=2, **TINY)
+    straight = DiffusionRun.create(tmp_path / "a", options)
     for _ in straight.steps():
         pass
-    killed = DiffusionRun.start(config, "digits", tmp_path / "b", 8, TINY)
+    killed = DiffusionRun.create(tmp_path / "b", options)
     for s in killed.steps():
         if s.step == 3:
             killed.save()
@@ -114,9 +114,8 @@ def test_rectified_flow_trains_and_samples(tmp_path, capsys):
 
     x0, eps, t = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.tensor([0.25, 1.0])
     assert torch.equal(FlowSchedule().add_noise(x0, eps, t)[:, 0, 0, 0], torch.tensor([0.75, 0.0]))
-    flow = DiffusionConfig(widths=(16, 32), attention_levels=(), schedule="flow")
-    assert flow.prediction == "flow"
-    run_ = DiffusionRun.start(TrainConfig(steps=60, batch_size=32, lr=2e-3, warmup=10), "digits", tmp_path, 8, flow)
+    assert DiffusionConfig(schedule="flow").prediction == "flow"
+    run_ = DiffusionRun.create(tmp_path, DiffusionOptions(steps=60, batch_size=32, lr=2e-3, warmup=10, schedule="flow", **TINY))
     losses = [s.loss for s in run_.steps()]
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
     run_.save()

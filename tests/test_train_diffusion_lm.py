@@ -9,10 +9,11 @@ import torch
 from genlab.errors import GenlabError
 from genlab.train import diffusion_lm as dlm
 from genlab.train.lm import build_model, read_corpus, split
+from genlab.train.options import DiffusionLmOptions
 from test_cli import assert_one_line_error, run
 
-TINY = {"data": "pydoc", "vocab_size": 512, "context": 32, "width": 64, "layers": 2, "heads": 2, "steps": 100,
-        "batch_size": 16, "lr": 1e-2, "seed": 0}
+TINY = DiffusionLmOptions(data="pydoc", vocab_size=512, context=32, width=64, layers=2, heads=2, steps=100, batch_size=16,
+                          lr=1e-2, seed=0)
 TINY_ARGS = ["train", "diffusion-lm", "--vocab-size", "400", "--context", "32", "--width", "64", "--layers", "2",
              "--heads", "2", "--batch-size", "8", "--lr", "1e-2", "--sample-every", "0"]
 V = 50  # a tokenizer's vocabulary for the bare-model tests; MASK = V
@@ -28,7 +29,7 @@ def logits_at_0_after_changing_the_last_token(model):
     y = x.clone()
     y[0, -1] = (y[0, -1] + 1) % V
     with torch.no_grad():
-        return model(input_ids=x).logits[0, 0], model(input_ids=y).logits[0, 0]
+        return model(x)[0, 0], model(y)[0, 0]
 
 
 def test_attention_is_bidirectional_and_the_gpts_is_not():
@@ -47,7 +48,7 @@ def test_the_loss_is_the_masked_cross_entropy_over_t():
     xt = torch.where(masked, V, x0)
     with torch.no_grad():
         loss = dlm.nelbo(model, x0, xt, t, V)
-        logits = model(input_ids=xt).logits  # (2, 8, V + 1)
+        logits = model(xt)  # (2, 8, V + 1)
     total, with_mask_logit = 0.0, 0.0
     for b, i in masked.nonzero().tolist():
         row = logits[b, i].clone()
@@ -98,7 +99,7 @@ def test_training_lowers_the_held_out_bound_and_the_model_folder_loads(tmp_path)
     lm = dlm.DiffusionLm.load(tmp_path / "model")
     x = torch.randint(r.mask_id + 1, (1, 32))
     with torch.no_grad():
-        assert torch.allclose(lm.model(input_ids=x).logits, r.model.eval()(input_ids=x).logits, atol=1e-5)
+        assert torch.allclose(lm.model(x), r.model.eval()(x), atol=1e-5)
     text = lm.generate("The for statement", tokens=16, steps=8, seed=0)
     assert text and text == lm.generate("The for statement", tokens=16, steps=8, seed=0)
     assert lm.show(torch.tensor(lm.tokenizer.encode("for x").ids + [r.mask_id] * 2)) == "for x" + dlm.MASK_GLYPH * 2

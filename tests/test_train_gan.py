@@ -96,3 +96,56 @@ def test_bad_input(tmp_path, capsys):
     assert_one_line_error(code, err, "--ema must be in [0, 1)")
     with pytest.raises(GenlabError, match="is not a GAN model folder"):
         Gan.load(tmp_path)
+
+
+def test_resume_keeps_the_runs_schedule_and_cleans_up_after_a_kill(tmp_path, capsys):
+    """--resume restores --checkpoint-every and --sample-every; a temporary checkpoint folder left by a kill
+    mid-save is removed, and log.jsonl never runs ahead of the newest checkpoint."""
+    import json
+
+    out = tmp_path / "r"
+    assert run(TINY[:-2] + ["--sample-every", "3", "--steps", "3", "--checkpoint-every", "3", "--out", str(out)], capsys)[0] == 0
+    stale = out / "checkpoints" / ".step-0000004.abc123"  # as a kill while saving leaves it
+    stale.mkdir()
+    rows = (out / "log.jsonl").read_text()
+    (out / "log.jsonl").write_text(rows + json.dumps({"step": 4, "loss": 0.0, "seconds": 0.0}) + "\n")  # a log ahead
+    code, _, err = run(["train", "gan", "--resume", "--steps", "6", "--out", str(out)], capsys)
+    assert code == 0 and "resuming at step 3 of 6" in err, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]  # every 3, not 500
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-0000003.png", "step-0000006.png"]
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 7)) and logged[3]["loss"] != 0.0
+    saved = json.loads((out / "checkpoints" / "step-0000006" / "trainer.json").read_text())["extra"]["options"]
+    assert saved["checkpoint_every"] == 3 and saved["sample_every"] == 3 and saved["steps"] == 6
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--mode-seeking", "nan"], "--mode-seeking must be a finite number, got nan"),
+    (["--d-lr-scale", "0"], "--d-lr-scale must be positive, got 0"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be at least 1, got 0"),
+    (["--sample-every", "-1"], "--sample-every must be 0 or more, got -1"),
+])
+def test_every_number_is_finite_and_in_range(tmp_path, capsys, args, fragment):
+    code, _, err = run(TINY + ["--out", str(tmp_path / "r")] + args, capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_out_must_be_a_writable_folder(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("")
+    code, _, err = run(TINY + ["--out", str(file)], capsys)
+    assert_one_line_error(code, err, f"--out {str(file)!r} is not a writable folder")
+
+
+def test_options_are_a_dataclass_that_names_fields():
+    """Python callers see field names, never flags; unknown keys are an error."""
+    from genlab.errors import GenlabError
+    from genlab.train.options import GanOptions
+
+    with pytest.raises(GenlabError, match=r"^steps must be at least 1, got 0$"):
+        GanOptions(steps=0)
+    with pytest.raises(GenlabError, match="unknown option.s. stepz"):
+        GanOptions.from_dict({"stepz": 3})
+    assert GanOptions().lr == 2e-4 and GanOptions.from_dict({"steps": 3}).steps == 3

@@ -77,12 +77,13 @@ def test_text2image_layout_warmup_must_not_be_negative(tmp_path, capsys):
 
 def _layout_run(tmp_path, capsys, layout: int, classes: bool):
     """A new layout run (60 warm-up steps) on a one-step VAE, its pool of 32 pictures encoded."""
+    from genlab.train.options import Text2ImageOptions
     from genlab.train.text2image import Text2ImageRun
 
     vae = tmp_path / "vae"
     assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
-    options = {"vae": str(vae), "images": 32, "layout": layout, "layout_warmup": 60, "layout_classes": classes, "steps": 1,
-               "batch_size": 16, "lr": 1e-3, "seed": 0}
+    options = Text2ImageOptions(vae=str(vae), images=32, layout=layout, layout_warmup=60, layout_classes=classes, steps=1,
+                                batch_size=16, lr=1e-3, seed=0)
     r = Text2ImageRun.create(tmp_path / "t", options)
     r.prepare()
     return r

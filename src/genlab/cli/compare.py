@@ -43,11 +43,21 @@ def compare(
     console.print(f"report written to {path} and {path.with_suffix('.html')} ({results.seconds:.0f} s of measuring)")
 
 
+def retrain_options() -> dict:
+    """Each family's options: its command's defaults (the diffusion model's those of the bundled digits model), no samples."""
+    from genlab.image.generator import DIGITS_OPTIONS
+    from genlab.train import options as o
+
+    every = {"checkpoint_every": 500, "sample_every": 0}
+    return {"gan": o.GanOptions(**every), "ar-image": o.ArImageOptions(**every),
+            "diffusion": o.DiffusionOptions(**DIGITS_OPTIONS, **every), "lm": o.LmOptions(**every),
+            "diffusion-lm": o.DiffusionLmOptions(**every)}
+
+
 def retrain(runs: Path):
     """Train each family with its command's defaults into runs/<family>; an interrupted compare resumes each run."""
-    from genlab.cli.train import AR_IMAGE_DEFAULTS, DEFAULTS, DIFFUSION_LM_DEFAULTS, GAN_DEFAULTS, LM_DEFAULTS, fit
+    from genlab.cli.train import train
     from genlab.compare import Models
-    from genlab.image.generator import DIGITS_OPTIONS
     from genlab.train.ar_image import ArImageRun
     from genlab.train.diffusion import DiffusionRun
     from genlab.train.diffusion_lm import DiffusionLmRun
@@ -55,18 +65,16 @@ def retrain(runs: Path):
     from genlab.train.lm import LmRun
     from genlab.train.loop import Trainer
 
-    plan = {"gan": (GanRun, GAN_DEFAULTS), "ar-image": (ArImageRun, AR_IMAGE_DEFAULTS),
-            "diffusion": (DiffusionRun, DEFAULTS | DIGITS_OPTIONS),  # as the bundled digits model
-            "lm": (LmRun, LM_DEFAULTS), "diffusion-lm": (DiffusionLmRun, DIFFUSION_LM_DEFAULTS)}
+    classes = {"gan": GanRun, "ar-image": ArImageRun, "diffusion": DiffusionRun, "lm": LmRun, "diffusion-lm": DiffusionLmRun}
     folders, seconds, resumed = {}, {}, []
-    for family, (run_class, options) in plan.items():
-        out = runs / family
+    for family, options in retrain_options().items():
+        out, run_class = runs / family, classes[family]
         resuming = Trainer.latest(out / "checkpoints") is not None
-        run = run_class.resume(out, {}) if resuming else run_class.create(out, options)
+        run = run_class.resume(out) if resuming else run_class.create(out, options)
         if resuming:
             resumed.append(family)
         console.print(f"[{family}] " + ("resuming" if resuming else "training") + f" in {out}, step {run.trainer.step} "
                       f"of {run.trainer.config.steps}")
-        fit(run, out, 500, 0)
+        train(run)
         folders[family], seconds[family] = out / "model", run.trainer.seconds
     return Models(folders, seconds, resumed)

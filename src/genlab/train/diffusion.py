@@ -6,17 +6,15 @@ output onto eps (or onto v, Salimans & Ho 2022) with MSE. Labels are dropped to 
 "no class" index 10% of the time, which teaches the same network the unconditional
 model that classifier-free guidance needs.
 
-    run = DiffusionRun.start(TrainConfig(steps=4000), data="digits", out=Path("runs/digits"))
-    for stats in run.steps():
+    run = DiffusionRun.create(Path("runs/digits"), DiffusionOptions(steps=4000))
+    for stats in fit(run):
         ...
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,9 +25,9 @@ from ..image.data import ImageData, load_images
 from ..image.denoiser import DiffusionConfig, Denoiser, save_model
 from ..image.schedules import FlowSchedule, NoiseSchedule
 from ..store import atomic_dir
-from .loop import StepStats, Trainer, TrainConfig, resume_steps
-
-MODEL_OPTIONS = ("prediction", "schedule", "dropout", "upsample")  # the CLI options that go into DiffusionConfig
+from .loop import StepStats, TrainConfig
+from .options import DiffusionOptions
+from .run import Run
 P_UNCOND = 0.1  # how often the label is dropped (Ho & Salimans 2022 use 0.1-0.2)
 
 
@@ -67,70 +65,38 @@ def denoising_loss(denoise, schedule: NoiseSchedule | FlowSchedule, x0: torch.Te
     return F.mse_loss(denoise(xt, t_model), target)
 
 
-@dataclass
-class DiffusionRun:
-    """A training run on disk: out/checkpoints/step-N, out/model (the EMA weights), out/samples."""
+class DiffusionRun(Run):
+    """out/checkpoints/step-N, out/model (the EMA weights, for `genlab image --model`), out/samples."""
 
-    trainer: Trainer
-    model: Denoiser
-    data: ImageData
-    out: Path
+    kind, Options = "diffusion", DiffusionOptions
 
-    @classmethod
-    def start(cls, config: TrainConfig, data: str, out: Path, resolution: int | None = None,
-              model_config: DiffusionConfig | None = None) -> "DiffusionRun":
-        images = load_images(data, resolution)
-        check(images.x.shape[-1] == images.x.shape[-2], f"images must be square, got {tuple(images.x.shape[-2:])}; pass --resolution N")
-        c = model_config or DiffusionConfig()
-        c = dataclasses.replace(c, resolution=images.x.shape[-1], channels=images.x.shape[1],
-                                class_names=images.class_names)
-        torch.manual_seed(config.seed)  # the initial weights
-        model = Denoiser(c)
-        extra = {"data": data, "resolution": resolution, "model": dataclasses.asdict(c)}
-        return cls(Trainer(model, config, extra), model, images, out)
+    def build(self) -> Denoiser:
+        o = self.options
+        self.data = load_images(o.data, o.resolution)
+        check(self.data.x.shape[-1] == self.data.x.shape[-2],
+              f"images must be square, got {tuple(self.data.x.shape[-2:])}; pass --resolution N")
+        shape = {k: tuple(v) for k, v in (("widths", o.widths), ("attention_levels", o.attention_levels)) if v is not None}
+        c = DiffusionConfig(**shape, prediction=o.prediction, schedule=o.schedule, dropout=o.dropout, upsample=o.upsample,
+                            resolution=self.data.x.shape[-1], channels=self.data.x.shape[1], class_names=self.data.class_names)
+        torch.manual_seed(o.seed)  # the initial weights
+        self.model = Denoiser(c)
+        return self.model
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "DiffusionRun":
-        """A new run from the CLI's options (data, steps, batch_size, lr, seed, resolution, and the model's:
-        prediction, schedule, dropout, upsample)."""
-        o = dict(options)
-        data = o.pop("data")
-        data = data if data == "digits" else str(Path(data).expanduser().resolve())  # resumable from anywhere
-        model = DiffusionConfig(**{k: o.pop(k) for k in MODEL_OPTIONS})
-        resolution = o.pop("resolution")
-        return cls.start(TrainConfig(**o), data, out, resolution, model)
-
-    @classmethod
-    def resume(cls, out: Path, given: dict | None = None) -> "DiffusionRun":
-        """Continue the newest checkpoint in out/checkpoints. `given` holds options the user passed
-        again: they must match the run, except `steps`, which may extend it."""
-        checkpoint, meta = Trainer.newest_run_checkpoint(out)
-        extra, saved = meta["extra"], meta["config"] | {"data": meta["extra"]["data"], "resolution": meta["extra"]["resolution"]}
-        model_options = {"dropout": 0.0, "upsample": 1} | extra["model"]  # runs saved before genlab had these options
-        saved |= {k: model_options[k] for k in MODEL_OPTIONS}
-        same = lambda key, was, now: was == now or (key == "data" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        steps = resume_steps(saved, given or {}, meta["step"], same)
-        model = Denoiser(DiffusionConfig(**model_options))
-        trainer = Trainer.resume(model, checkpoint, steps)
-        images = load_images(extra["data"], extra["resolution"])
-        c = model.config
-        check(images.class_names == c.class_names and tuple(images.x.shape[1:]) == (c.channels, c.resolution, c.resolution),
-              f"the data in {extra['data']} changed since the run started (classes or image size); start a new --out")
-        return cls(trainer, model, images, out)
+    def train_config(self) -> TrainConfig:
+        o = self.options
+        return TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=o.warmup, seed=o.seed)
 
     def steps(self) -> Iterator[StepStats]:
         schedule = self.model.config.noise_schedule()
         loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.batch, g)  # noqa: E731
         yield from self.trainer.run(loss)
 
-    def save(self) -> Path:
-        """A checkpoint to resume from, and out/model: the EMA weights, ready for `genlab image`."""
-        path = self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
+        """out/model: the EMA weights, ready for `genlab image`."""
         with atomic_dir(self.out / "model") as tmp:
             save_model(self.model, tmp, self.trainer.ema.shadow)
             (tmp / "genlab-train.json").write_text(json.dumps({"step": self.trainer.step,
                                                                "train_seconds": round(self.trainer.seconds, 1)}))
-        return path
 
     def sample_grid(self, path: Path, per_class: int = 4, steps: int = 20):
         """A grid of EMA samples, one column per class, with the model's default sampler, seed 0."""

@@ -21,15 +21,15 @@ With the default mode-seeking weight, G also pays when two noises give the same 
 Instability is measured, not hidden: every step logs both losses and D's mean score on
 real and generated images (out/log.jsonl), and sample grids show collapse when it happens.
 
-    run = GanRun.create(Path("runs/gan"), GAN_DEFAULTS)
-    for stats in run.steps(): ...
+    run = GanRun.create(Path("runs/gan"), GanOptions())
+    for stats in fit(run): ...
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,7 +39,9 @@ from ..errors import check
 from ..image.data import ImageData, load_images
 from ..image.gan import Gan, GanConfig
 from ..store import atomic_dir
-from .loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
+from .loop import StepStats, TrainConfig
+from .options import GanOptions
+from .run import Run
 
 
 def gan_step(gan: Gan, real: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
@@ -77,37 +79,27 @@ def gan_step(gan: Gan, real: torch.Tensor, labels: torch.Tensor, generator: torc
     yield g_loss
 
 
-@dataclass
-class GanRun:
+class GanRun(Run):
     """out/checkpoints/step-N, out/model (the generator's EMA weights), out/samples, out/log.jsonl."""
 
-    trainer: Trainer
-    gan: Gan
-    data: ImageData
-    out: Path
-    options: dict
-    parts: dict = field(default_factory=dict)  # the last step's losses and scores, for the log
+    kind, Options = "gan", GanOptions
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "GanRun":
-        return cls._build(out, options, None)
+    def build(self) -> Gan:
+        o = self.options
+        self.data = load_images(o.data, o.resolution)
+        check(self.data.x.shape[-1] == self.data.x.shape[-2],
+              f"images must be square, got {tuple(self.data.x.shape[-2:])}; pass --resolution N")
+        config = GanConfig(resolution=self.data.x.shape[-1], channels=self.data.x.shape[1], latent=o.latent, width=o.width,
+                           class_names=self.data.class_names, loss=o.loss, d_lr_scale=o.d_lr_scale,
+                           mode_seeking=o.mode_seeking)
+        torch.manual_seed(o.seed)  # the initial weights
+        self.gan = Gan(config)
+        return self.gan
 
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "GanRun":
-        return cls._build(out, *resume_run(out, "gan", "genlab train gan", given))
-
-    @classmethod
-    def _build(cls, out: Path, o: dict, resume_from) -> "GanRun":
-        data = load_images(o["data"], o["resolution"])
-        check(data.x.shape[-1] == data.x.shape[-2], f"images must be square, got {tuple(data.x.shape[-2:])}; pass --resolution N")
-        config = GanConfig(resolution=data.x.shape[-1], channels=data.x.shape[1], latent=o["latent"], width=o["width"],
-                           class_names=data.class_names, loss=o["loss"], d_lr_scale=o["d_lr_scale"],
-                           mode_seeking=o["mode_seeking"])
-        torch.manual_seed(o["seed"])  # the initial weights
-        gan = Gan(config)
-        train = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=0, ema_decay=o["ema"],
-                            seed=o["seed"], betas=(0.5, 0.999))
-        return cls(options_trainer(gan, train, "gan", o, resume_from), gan, data, out, o)
+    def train_config(self) -> TrainConfig:
+        o = self.options
+        return TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=0, ema_decay=o.ema, seed=o.seed,
+                           betas=(0.5, 0.999))
 
     def steps(self) -> Iterator[StepStats]:
         def loss(gan: Gan, g: torch.Generator) -> Iterator[torch.Tensor]:
@@ -121,21 +113,12 @@ class GanRun:
         gan.load_state_dict(self.trainer.ema.shadow)
         return gan.eval()
 
-    def save(self) -> Path:
-        path = self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
+        """out/model: the generator's EMA weights, with the loss curve for `genlab compare`."""
         with atomic_dir(self.out / "model") as tmp:
-            self.ema().save(tmp, step=self.trainer.step, train_seconds=round(self.trainer.seconds, 1), options=self.options,
-                            curve=self.curve())
-        return path
-
-    def curve(self, points: int = 300) -> list[dict]:
-        """About `points` rows of out/log.jsonl (both losses, D's scores), kept in model/ for `genlab compare`."""
-        import json
-
-        log = self.out / "log.jsonl"
-        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-        keys = ("step", "d_loss", "g_loss", "d_real", "d_fake")
-        return [{k: round(row[k], 4) for k in keys} for row in rows[::max(1, len(rows) // points)] if "d_loss" in row]
+            self.ema().save(tmp, step=self.trainer.step, train_seconds=round(self.trainer.seconds, 1),
+                            options=dataclasses.asdict(self.options),
+                            curve=self.curve(("step", "d_loss", "g_loss", "d_real", "d_fake")))
 
     def sample_grid(self, path: Path, per_class: int = 4) -> Path:
         """EMA samples, one column per class, the same noise (seed 0) at every checkpoint."""

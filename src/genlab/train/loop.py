@@ -4,7 +4,7 @@ It knows nothing about diffusion, GANs or GPTs: the caller passes a `loss_fn(mod
 generator)` that draws its own batch. The loop is a generator of `StepStats`, so the
 caller decides what to show, when to save samples and when to checkpoint:
 
-    trainer = Trainer(model, TrainConfig(steps=2000, lr=1e-3))
+    trainer = Trainer(model, TrainConfig(steps=2000, batch_size=64, lr=1e-3))
     for stats in trainer.run(loss_fn):
         if stats.step % 500 == 0:
             trainer.save(out / "checkpoints")
@@ -35,6 +35,7 @@ import torch
 from ..errors import check
 from ..store import atomic_dir
 from . import distributed
+from .options import check_option
 
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
@@ -43,9 +44,9 @@ RANK_STRIDE = 7919  # rank r's random streams start from seed + r * RANK_STRIDE
 
 @dataclass
 class TrainConfig:
-    steps: int = 4000
-    batch_size: int = 128
-    lr: float = 1e-3
+    steps: int  # no defaults for these three: each trainer's options have them (options.py)
+    batch_size: int
+    lr: float
     warmup: int = 200  # steps of linear learning-rate warm-up, then cosine decay to lr / 10
     weight_decay: float = 0.0
     ema_decay: float = 0.999
@@ -53,9 +54,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays; GANs use beta1 = 0.5 (Radford et al. 2016)
 
     def __post_init__(self):
-        check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        check_option(self.steps >= 1, f"steps must be at least 1, got {self.steps}", "steps")
+        check_option(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}", "batch_size")
+        check_option(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}", "lr")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""
@@ -114,8 +115,8 @@ class Trainer:
                                             for ps, scale in groups],
                                            lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
         self.rank, self.world = distributed.setup()  # (0, 1) unless started by torchrun
-        check(config.batch_size % self.world == 0,
-              f"--batch-size {config.batch_size} must be a multiple of the {self.world} processes")
+        check_option(config.batch_size % self.world == 0,
+                     f"batch_size {config.batch_size} must be a multiple of the {self.world} processes", "batch_size")
         self.batch = config.batch_size // self.world  # what each process draws per step
         if self.world > 1:
             distributed.broadcast_state(model)  # every rank starts from rank 0's weights
@@ -163,9 +164,10 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------
 
-    def save(self, folder: Path, keep: int = 2) -> Path:
-        """Write checkpoints/step-NNNNNNN atomically (a temporary folder, then one rename),
-        then delete all but the newest `keep`. A kill at any moment leaves a whole checkpoint.
+    def save(self, folder: Path, keep: int = 2, files: dict[str, str] | None = None) -> Path:
+        """Write checkpoints/step-NNNNNNN atomically (a temporary folder, then one rename), with
+        `files` (name -> text) inside, then delete all but the newest `keep` and any temporary folder
+        an earlier kill left. A kill at any moment leaves a whole checkpoint.
         Under torchrun every rank calls it (rank 0 writes every rank's random streams)."""
         from safetensors.torch import save_file
 
@@ -194,7 +196,10 @@ class Trainer:
                     "param_groups": optim["param_groups"], "processes": self.world,
                     "seconds": self.seconds}
             (tmp / TRAINER_FILE).write_text(json.dumps(meta, indent=2))
-        for old in sorted(p for p in folder.glob("step-*") if p.is_dir())[:-keep]:
+            for name, text in (files or {}).items():
+                (tmp / name).write_text(text)
+        stale = list(folder.glob(".step-*"))  # this save's own is renamed by now: any left is a kill's
+        for old in sorted(p for p in folder.glob("step-*") if p.is_dir())[:-keep] + stale:
             shutil.rmtree(old, ignore_errors=True)
         distributed.barrier()
         return final
@@ -203,13 +208,6 @@ class Trainer:
     def latest(folder: Path) -> Path | None:
         done = sorted(p for p in folder.glob("step-*") if (p / TRAINER_FILE).is_file())
         return done[-1] if done else None
-
-    @classmethod
-    def newest_run_checkpoint(cls, out: Path) -> tuple[Path, dict]:
-        """The checkpoint --resume continues in a run folder, and its metadata; a clear error if none."""
-        checkpoint = cls.latest(out / "checkpoints")
-        check(checkpoint is not None, f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-        return checkpoint, cls.read_meta(checkpoint)
 
     @staticmethod
     def read_meta(checkpoint: Path) -> dict:
@@ -246,55 +244,3 @@ class Trainer:
             trainer.dropout_rng = tensors["dropout_rng" + own]
         trainer.step, trainer.seconds = meta["step"], meta.get("seconds", 0.0)
         return trainer
-
-
-class TrainLog:
-    """out/log.jsonl: one row per step (loss, seconds, and whatever numbers the run adds, such
-    as a GAN's two losses), the raw material of loss curves. Rows reach the file at each
-    checkpoint, by one atomic rewrite, so after a resume the log holds exactly the steps
-    the weights have seen."""
-
-    def __init__(self, path: Path, step: int):
-        self.path = path
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-        self.rows = [r for r in rows if r["step"] <= step]
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-
-    def flush(self) -> None:
-        from ..store import atomic_write_bytes
-
-        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
-
-
-def resume_steps(saved: dict, given: dict, done: int, same=lambda key, saved, given: saved == given) -> int | None:
-    """Check the options a user passed again with --resume against the run's saved ones: all
-    must match, except `steps`, which may extend the run. Returns that new total, or None."""
-    given = dict(given)
-    steps = given.pop("steps", None)
-    for key, value in given.items():
-        check(same(key, saved[key], value), f"--resume continues the run as it was saved: --{key.replace('_', '-')} is "
-                                            f"{saved[key]!r} there, not {value!r}; drop the option or start a new --out")
-    check(steps is None or steps > done, f"--steps must be more than the {done} steps already done, got {steps}")
-    return steps
-
-
-
-def options_trainer(model: torch.nn.Module, config: TrainConfig, kind: str, options: dict,
-                    resume_from: tuple[Path, int | None] | None) -> Trainer:
-    """A Trainer for a run that keeps its CLI options in its checkpoints (read back by resume_run):
-    a new one, or the one saved at resume_from = (checkpoint, new total steps or None)."""
-    if resume_from:
-        return Trainer.resume(model, *resume_from)
-    return Trainer(model, config, {"kind": kind, "options": options})
-
-
-def resume_run(out: Path, kind: str, command: str, given: dict) -> tuple[dict, tuple[Path, int | None]]:
-    """For runs that keep their CLI options in the checkpoint (extra = {"kind", "options"}): the saved
-    options and (checkpoint, new total steps or None), after checking the run's kind and the options given again."""
-    checkpoint, meta = Trainer.newest_run_checkpoint(out)
-    check(meta["extra"].get("kind") == kind, f"{out} is not a `{command}` run")
-    options = meta["extra"]["options"]
-    steps = resume_steps(options, given, meta["step"])
-    return options, (checkpoint, steps)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +23,9 @@ from genlab.errors import check
 from genlab.image.data import ImageData, load_images
 from genlab.store import atomic_dir
 from genlab.train.diffusion import diffusion_loss
-from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
+from genlab.train.loop import StepStats, TrainConfig
+from genlab.train.options import ImageLoraOptions
+from genlab.train.run import Run
 
 
 def base_denoiser(spec: str):
@@ -54,63 +55,50 @@ def relabel(data: ImageData, class_names: list[str], source: str) -> ImageData:
     return ImageData(data.x, index[data.labels], class_names)
 
 
-@dataclass
-class ImageLoraRun:
+class ImageLoraRun(Run):
     """out/checkpoints/step-N (the adapter and optimizer state), out/adapter (a PEFT folder) and out/samples."""
 
-    trainer: Trainer
-    model: torch.nn.Module  # the Denoiser, its unet wrapped by PEFT
-    data: ImageData
-    out: Path
-    options: dict
+    kind, Options = "lora-image", ImageLoraOptions
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "ImageLoraRun":
-        """A new run; options["data"] is 'digits' or an absolute folder path (so --resume works from anywhere)."""
-        return cls._build(out, options, None)
-
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "ImageLoraRun":
-        return cls._build(out, *resume_run(out, "lora-image", "genlab finetune image", given))
-
-    @classmethod
-    def _build(cls, out: Path, options: dict, resume_from) -> "ImageLoraRun":
+    def build(self) -> torch.nn.Module:
         from peft import get_peft_model
 
         from genlab.lora import lora_config
 
-        model = base_denoiser(options["model"])
+        o = self.options
+        self.model = model = base_denoiser(o.model)  # the Denoiser, its unet wrapped by PEFT below
         c = model.config
-        data = load_images(options["data"], c.resolution)
+        data = load_images(o.data, c.resolution)
         check(tuple(data.x.shape[1:]) == (c.channels, c.resolution, c.resolution),
               f"--data images are {tuple(data.x.shape[1:])} (channels, height, width) but the model denoises "
               f"{(c.channels, c.resolution, c.resolution)}")
-        data = relabel(data, c.class_names, options["data"])
-        config = lora_config(model.unet, options["rank"], options["alpha"], options["dropout"], options["targets"])
-        torch.manual_seed(options["seed"])  # LoRA's A matrices start random (B at zero)
+        self.data = relabel(data, c.class_names, o.data)
+        config = lora_config(model.unet, o.rank, o.alpha, o.dropout, o.targets)
+        torch.manual_seed(o.seed)  # LoRA's A matrices start random (B at zero)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PEFT notes that a UNet is not a transformers model: expected
             model.unet = get_peft_model(model.unet, config)
-        model.unet.peft_config["default"].base_model_name_or_path = options["model"]
-        train = TrainConfig(steps=options["steps"], batch_size=options["batch_size"], lr=options["lr"],
-                            warmup=max(1, options["steps"] // 10), ema_decay=0.0, seed=options["seed"])
-        trainer = options_trainer(model, train, "lora-image", options, resume_from)
-        return cls(trainer, model, data, out, options)
+        model.unet.peft_config["default"].base_model_name_or_path = o.model
+        return model
+
+    def train_config(self) -> TrainConfig:
+        o = self.options
+        return TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=max(1, o.steps // 10), ema_decay=0.0,
+                           seed=o.seed)
 
     def steps(self) -> Iterator[StepStats]:
         schedule = self.model.config.noise_schedule()
         loss = lambda model, g: diffusion_loss(model, schedule, self.data, self.trainer.batch, g)  # noqa: E731
         yield from self.trainer.run(loss)
 
-    def save(self) -> None:
-        self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
         with atomic_dir(self.out / "adapter") as tmp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.model.unet.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(
-                f"LoRA adapter for the {self.options['model']} diffusion model, written by `genlab finetune image` at step "
-                f"{self.trainer.step}.\nUse: genlab image PROMPT --model {self.options['model']} --adapter {self.out / 'adapter'}\n")
+                f"LoRA adapter for the {self.options.model} diffusion model, written by `genlab finetune image` at step "
+                f"{self.trainer.step}.\nUse: genlab image PROMPT --model {self.options.model} --adapter {self.out / 'adapter'}\n")
 
     def sample_grid(self, path: Path, per_class: int = 4, steps: int = 20) -> None:
         """Samples with the adapter at its current weights: one column per class, seed 0."""

@@ -24,7 +24,9 @@ import torch
 
 from genlab.errors import GenlabError, check
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
+from genlab.train.loop import StepStats, TrainConfig
+from genlab.train.options import TextLoraOptions
+from genlab.train.run import Run
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
@@ -146,49 +148,35 @@ def base_model(spec: str):
     return model, Tokenizer.from_folder(folder), folder
 
 
-@dataclass
-class TextLoraRun:
+class TextLoraRun(Run):
     """out/checkpoints/step-N (the adapter and optimizer state) and out/adapter (a PEFT folder)."""
 
-    trainer: Trainer
-    model: torch.nn.Module  # the PeftModel
-    tokenizer: object
-    examples: list[Example]
-    held_out: list[Example]
-    out: Path
-    options: dict
+    kind, Options = "lora-text", TextLoraOptions
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "TextLoraRun":
-        return cls._build(out, options, None)
-
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "TextLoraRun":
-        return cls._build(out, *resume_run(out, "lora-text", "genlab finetune text", given))
-
-    @classmethod
-    def _build(cls, out: Path, options: dict, resume_from) -> "TextLoraRun":
+    def build(self) -> torch.nn.Module:
         from peft import get_peft_model
 
         from genlab.lora import lora_config
 
-        model, tokenizer, _ = base_model(options["model"])
-        config = lora_config(model, options["rank"], options["alpha"], options["dropout"], options["targets"],
-                             task_type="CAUSAL_LM")
-        examples = read_examples(Path(options["data"]), tokenizer, options["max_length"])
-        held_out = read_examples(Path(options["eval"]), tokenizer, options["max_length"]) if options.get("eval") else []
-        steps = options["steps"] or max(1, math.ceil(options["epochs"] * len(examples) / options["batch_size"]))
-        torch.manual_seed(options["seed"])  # LoRA's A matrices start random (B at zero)
+        o = self.options
+        model, self.tokenizer, _ = base_model(o.model)
+        config = lora_config(model, o.rank, o.alpha, o.dropout, o.targets, task_type="CAUSAL_LM")
+        self.examples = read_examples(Path(o.data), self.tokenizer, o.max_length)
+        self.held_out = read_examples(Path(o.eval), self.tokenizer, o.max_length) if o.eval else []
+        torch.manual_seed(o.seed)  # LoRA's A matrices start random (B at zero)
         with warnings.catch_warnings():  # PEFT asks transformers about gradient checkpointing in a deprecated way
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            model = get_peft_model(model, config)
-        model.base_model.model.config.name_or_path = options["model"]
-        model.peft_config["default"].base_model_name_or_path = options["model"]
-        train = TrainConfig(steps=steps, batch_size=options["batch_size"], lr=options["lr"], warmup=max(1, steps // 10),
-                            ema_decay=0.0, seed=options["seed"])
-        trainer = options_trainer(model, train, "lora-text", options, resume_from)
-        return cls(trainer, model, tokenizer, examples, held_out, out, options)
+            self.model = get_peft_model(model, config)
+        self.model.base_model.model.config.name_or_path = o.model
+        self.model.peft_config["default"].base_model_name_or_path = o.model
+        return self.model
+
+    def train_config(self) -> TrainConfig:
+        o = self.options
+        steps = o.steps or max(1, math.ceil(o.epochs * len(self.examples) / o.batch_size))  # --epochs, unless --steps
+        return TrainConfig(steps=steps, batch_size=o.batch_size, lr=o.lr, warmup=max(1, steps // 10), ema_decay=0.0,
+                           seed=o.seed)
 
     @property
     def pad_id(self) -> int:
@@ -203,13 +191,12 @@ class TextLoraRun:
 
         yield from self.trainer.run(loss)
 
-    def save(self) -> None:
-        self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
         with atomic_dir(self.out / "adapter") as tmp:
             self.model.save_pretrained(str(tmp), save_embedding_layers=False)  # the base's embeddings are unchanged
             (tmp / "README.md").write_text(
-                f"LoRA adapter for {self.options['model']}, written by `genlab finetune text` at step "
-                f"{self.trainer.step}.\nUse: genlab text \"...\" --model {self.options['model']} --adapter {self.out / 'adapter'}\n")
+                f"LoRA adapter for {self.options.model}, written by `genlab finetune text` at step "
+                f"{self.trainer.step}.\nUse: genlab text \"...\" --model {self.options.model} --adapter {self.out / 'adapter'}\n")
 
     def held_out_loss(self) -> float | None:
         return mean_loss(self.model, self.held_out, self.pad_id) if self.held_out else None

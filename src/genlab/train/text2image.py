@@ -24,7 +24,9 @@ from ..image.shapes import COLORS, RADIUS, SHAPES, ShapesWorld, coverage, render
 from ..image.text2image import TextToImage, TextToImageConfig, save_text2image
 from ..store import atomic_dir
 from .diffusion import P_UNCOND, denoising_loss
-from .loop import EMA, StepStats, Trainer, TrainConfig, resume_steps
+from .loop import EMA, StepStats, TrainConfig
+from .options import Text2ImageOptions, VaeOptions
+from .run import Run
 
 # The prompt layout's first channels learn, besides what the UNet asks of them, to guess the
 # latent picture from the prompt alone (its mean over all pictures that fit the caption): a
@@ -80,27 +82,15 @@ def pictures(scenes) -> torch.Tensor:
 # --- the VAE -----------------------------------------------------------------------------------
 
 
-@dataclass
-class VaeRun:
+class VaeRun(Run):
     """out/checkpoints/step-N, and out/model: the EMA weights as a diffusers AutoencoderKL folder."""
 
-    trainer: Trainer
-    vae: torch.nn.Module
-    out: Path
+    kind, Options = "vae", VaeOptions
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "VaeRun":
-        torch.manual_seed(options["seed"])  # the initial weights
-        vae = autoencoder.build_vae()
-        return cls(Trainer(vae, TrainConfig(**options), {"kind": "vae"}), vae, out)
-
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "VaeRun":
-        checkpoint, meta = Trainer.newest_run_checkpoint(out)
-        check(meta["extra"].get("kind") == "vae", f"{out} is not a `genlab train vae` run")
-        steps = resume_steps(meta["config"], given, meta["step"])
-        vae = autoencoder.build_vae()
-        return cls(Trainer.resume(vae, checkpoint, steps), vae, out)
+    def build(self) -> torch.nn.Module:
+        torch.manual_seed(self.options.seed)  # the initial weights
+        self.vae = autoencoder.build_vae()
+        return self.vae
 
     def steps(self) -> Iterator[StepStats]:
         world, batch = ShapesWorld("train", self.trainer.config.seed), self.trainer.batch
@@ -116,15 +106,13 @@ class VaeRun:
         vae.load_state_dict(self.trainer.ema.shadow)
         return vae
 
-    def save(self) -> Path:
-        """A checkpoint, and out/model with the latent scale measured on 500 training pictures."""
-        path = self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
+        """out/model, with the latent scale measured on 500 training pictures."""
         vae = self.ema()
         x, _ = shapes_batch(ShapesWorld("train", seed=12345), list(range(500)))
         vae.register_to_config(scaling_factor=autoencoder.measure_scaling(vae, x))
         with atomic_dir(self.out / "model") as tmp:
             vae.save_pretrained(tmp)
-        return path
 
     def sample_grid(self, path: Path) -> Path:
         """Held-out pictures (top row) above their reconstructions (bottom row)."""
@@ -168,39 +156,18 @@ def build_pool(model: TextToImage, images: int, seed: int, on_progress=None, chu
     return Pool(torch.cat(latents), torch.cat(states), model.encoder([""])[0][0], torch.cat(classes) if semantic else None)
 
 
-@dataclass
-class Text2ImageRun:
+class Text2ImageRun(Run):
     """out/checkpoints/step-N (the UNet), and out/model: the whole pipeline folder (text2image.py)."""
 
-    trainer: Trainer
-    model: TextToImage
-    out: Path
-    images: int
+    kind, Options = "text2image", Text2ImageOptions
     pool: Pool | None = None
-    warmup: int = 0  # steps of the layout's warm-up (warm_layout)
-    warmed: bool = False
+    warmed = False
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "Text2ImageRun":
-        o = dict(options)
-        vae_folder, images, layout = str(Path(o.pop("vae")).expanduser().resolve()), o.pop("images"), o.pop("layout")
-        warmup, semantic = o.pop("layout_warmup"), o.pop("layout_classes")
-        model = cls._model(vae_folder, o["seed"], layout, semantic)
-        extra = {"kind": "text2image", "vae": vae_folder, "images": images, "layout": layout, "layout_warmup": warmup,
-                 "layout_classes": semantic}
-        return cls(Trainer(model.denoiser(), TrainConfig(**o), extra), model, out, images, warmup=warmup)
-
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "Text2ImageRun":
-        checkpoint, meta = Trainer.newest_run_checkpoint(out)
-        extra = meta["extra"]
-        check(extra.get("kind") == "text2image", f"{out} is not a `genlab train text2image` run")
-        same = lambda key, was, now: was == now or (key == "vae" and str(Path(now).expanduser().resolve()) == was)  # noqa: E731
-        saved = meta["config"] | {"vae": extra["vae"], "images": extra["images"], "layout": extra.get("layout", 0),
-                                  "layout_warmup": extra.get("layout_warmup", 0), "layout_classes": extra.get("layout_classes", False)}
-        steps = resume_steps(saved, given, meta["step"], same)
-        model = cls._model(extra["vae"], meta["config"]["seed"], saved["layout"], saved["layout_classes"])
-        return cls(Trainer.resume(model.denoiser(), checkpoint, steps), model, out, extra["images"], warmup=saved["layout_warmup"])
+    def build(self) -> torch.nn.Module:
+        o = self.options
+        self.images, self.warmup = o.images, o.layout_warmup
+        self.model = self._model(o.vae, o.seed, o.layout, o.layout_classes)
+        return self.model.denoiser()
 
     @staticmethod
     def _model(vae_folder: str, seed: int, layout: int, semantic: bool) -> TextToImage:
@@ -235,7 +202,7 @@ class Text2ImageRun:
         pool, cfg, layout = self.pool, self.trainer.config, self.model.layout
         g = torch.Generator().manual_seed(cfg.seed + 2)  # its own stream: the trainer's draws stay as they were
         opt = torch.optim.AdamW(layout.parameters(), lr=cfg.lr)
-        schedule = TrainConfig(steps=self.warmup, lr=cfg.lr, warmup=min(200, self.warmup // 5))  # as the trainer's
+        schedule = TrainConfig(steps=self.warmup, batch_size=cfg.batch_size, lr=cfg.lr, warmup=min(200, self.warmup // 5))
         for step in range(self.warmup):
             for group in opt.param_groups:
                 group["lr"] = schedule.lr_at(step)
@@ -279,11 +246,9 @@ class Text2ImageRun:
         unet, layout = (denoiser["unet"], denoiser["layout"]) if self.model.layout is not None else (denoiser, None)
         return TextToImage(self.model.config, self.model.vae, self.model.encoder, unet, layout)
 
-    def save(self) -> Path:
-        path = self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
         with atomic_dir(self.out / "model") as tmp:
             save_text2image(self.ema(), tmp)
-        return path
 
     def sample_grid(self, path: Path, steps: int | None = None) -> Path:
         """One sample per prompt in SAMPLE_PROMPTS, seed 0, the default sampler and guidance."""
