@@ -32,8 +32,7 @@ def test_pixel_gpt_likelihood_is_what_training_reported():
 
 
 def test_gpt_perplexity_is_what_training_reported():
-    from transformers import LlamaForCausalLM
-
+    from genlab.nn.transformer import load_hf
     from genlab.store import weights_folder
     from genlab.text.generator import TextGenerator
     from genlab.train.lm import perplexity, read_corpus, split
@@ -42,7 +41,7 @@ def test_gpt_perplexity_is_what_training_reported():
     info = json.loads((folder / "genlab-train.json").read_text())
     gen = TextGenerator("pydoc-gpt", dtype="float32")
     held = torch.tensor(gen.tokenizer.encode(split(read_corpus("pydoc"))[1], add_special_tokens=False))
-    model = LlamaForCausalLM.from_pretrained(folder).eval()
+    model = load_hf(folder)
     assert perplexity(model, held, info["options"]["context"]) == pytest.approx(info["held_out_perplexity"], rel=1e-4)
     text = gen.generate("The for statement", raw=True, max_new_tokens=16, seed=0)
     assert text == gen.generate("The for statement", raw=True, max_new_tokens=16, seed=0) and len(text) > 10

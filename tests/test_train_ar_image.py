@@ -42,7 +42,7 @@ def test_cached_sampling_matches_the_full_forward_and_the_likelihood():
     assert all(((a >= 0) & (a != b)).sum() == 0 for a, b in zip(steps, steps[1:]))  # drawn pixels never change
     tokens = steps[-1]
     x = torch.cat([(labels + 17)[:, None], tokens], dim=1)
-    logits = gpt.model(input_ids=x[:, :-1]).logits[..., :17]
+    logits = gpt.model(x[:, :-1])[..., :17]
     assert torch.equal(logits.argmax(-1), tokens)  # greedy with the cache = greedy with full passes
     logp = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
     images = gpt.generate(labels, SamplingParams(temperature=0))

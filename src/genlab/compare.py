@@ -190,6 +190,7 @@ def params(model: torch.nn.Module) -> int:
 # --- text ------------------------------------------------------------------------------
 
 def measure_text(models: Models, r: Results, on_stage) -> None:
+    from .nn.transformer import load_hf
     from .text.generator import TextGenerator
     from .train.diffusion_lm import DiffusionLm
     from .train.lm import perplexity, read_corpus, split
@@ -199,10 +200,10 @@ def measure_text(models: Models, r: Results, on_stage) -> None:
 
     on_stage("GPT: one evaluation per token")
     gpt = TextGenerator(str(models.folders["lm"]), dtype="float32")
-    hf = _hf_model(models.folders["lm"])
-    context = hf.config.max_position_embeddings
+    model = load_hf(models.folders["lm"])
+    context = model.cfg.max_seq_len
     held_ids = torch.tensor(gpt.tokenizer.encode(held_text, add_special_tokens=False))
-    ppl = perplexity(hf, held_ids, context)
+    ppl = perplexity(model, held_ids, context)
     calls = count_calls(gpt.lm)
     for n in TEXT_LENGTHS:
         calls[0] = 0
@@ -262,12 +263,6 @@ def count_calls(model) -> list[int]:
 def _real_passages(text: str, n: int, chars: int = 300) -> list[str]:
     step = len(text) // n
     return [text[i * step:i * step + chars] for i in range(n)]
-
-
-def _hf_model(folder: Path):
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM.from_pretrained(folder).eval()
 
 
 def _train_info(folder: Path) -> dict:

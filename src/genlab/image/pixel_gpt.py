@@ -1,9 +1,10 @@
 """An autoregressive image model (ImageGPT, Chen et al. 2020): a GPT over quantised pixels.
 
 An 8x8 digit is a sentence of 64 "words", its pixel levels in raster order, after one word
-naming the class. The same Llama-shaped decoder as genlab's text GPT (train/lm.py) learns
+naming the class. The same transformer as genlab's text GPT (nn/transformer.py) learns
 p(pixel_i | class, pixels before i), and images are sampled one pixel at a time with the
-text decoder's filters (temperature, top-k, top-p, min-p): 64 network evaluations per image.
+text decoder's filters (temperature, top-k, top-p, min-p) and the transformer's own KV
+cache: 64 network evaluations per image, each on one new token.
 
     gpt = PixelGpt.load("runs/ar-image/model")     # or PixelGpt.bundled()
     images = gpt.generate(torch.tensor([7, 3]), seed=0)   # (2, 1, 8, 8) in [-1, 1]
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import check
+from ..nn.transformer import Transformer, load_hf, save_hf
 from ..text.sampling import SamplingParams, filtered_logits
 from ..store import bundled_weights
 
@@ -43,7 +45,7 @@ def dequantise(tokens: torch.Tensor, levels: int, side: int) -> torch.Tensor:
     return (tokens.float() / (levels - 1) * 2 - 1).view(-1, 1, side, side)
 
 
-def build_model(levels: int, classes: int, side: int, width: int, layers: int, heads: int):
+def build_model(levels: int, classes: int, side: int, width: int, layers: int, heads: int) -> Transformer:
     """The text GPT's decoder with a vocabulary of pixel levels and class words."""
     from ..train.lm import build_model as build_gpt
 
@@ -51,7 +53,7 @@ def build_model(levels: int, classes: int, side: int, width: int, layers: int, h
 
 
 class PixelGpt:
-    def __init__(self, model, levels: int, side: int, class_names: list[str], info: dict | None = None):
+    def __init__(self, model: Transformer, levels: int, side: int, class_names: list[str], info: dict | None = None):
         self.model, self.levels, self.side, self.class_names = model, levels, side, class_names
         self.info = info or {}
 
@@ -65,7 +67,7 @@ class PixelGpt:
         total = 0.0
         for i in range(0, len(images), batch):
             x = self.sequences(images[i:i + batch], labels[i:i + batch])
-            logits = self.model(input_ids=x[:, :-1]).logits[..., :self.levels]  # position j predicts pixel j
+            logits = self.model(x[:, :-1])[..., :self.levels]  # position j predicts pixel j
             total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
         return total / (len(images) * self.side ** 2) / math.log(2)
 
@@ -73,18 +75,16 @@ class PixelGpt:
     def unfold(self, labels: torch.Tensor, params: SamplingParams | None = None, seed: int = 0) -> Iterator[torch.Tensor]:
         """Sample pixel by pixel, yielding the (B, H*W) tokens so far after each (-1 where not yet drawn).
         One network evaluation per pixel, with a KV cache so each sees only its new token."""
-        from transformers import DynamicCache
-
         params = params or SamplingParams(temperature=1.0)
         g = torch.Generator().manual_seed(seed)
         n = self.side * self.side
         tokens = torch.full((len(labels), n), -1)
-        cache, step_input = DynamicCache(), (labels + self.levels)[:, None]  # start from the class word
+        cache = self.model.new_cache(n, batch=len(labels))  # the class word and pixels 1..n-1 go in
+        step_input = (labels + self.levels)[:, None]  # (B, 1): start from the class word
         was = self.model.training
         self.model.eval()
         for i in range(n):
-            out = self.model(input_ids=step_input, past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1, :self.levels]  # pixel levels only: a class word is never drawn
+            logits = self.model(step_input, cache)[:, -1, :self.levels]  # pixel levels only: a class word is never drawn
             logits = filtered_logits(logits, torch.empty(0, dtype=torch.long), params)
             if params.greedy:
                 tokens[:, i] = logits.argmax(-1)
@@ -107,23 +107,18 @@ class PixelGpt:
     # --- files: a Hugging Face model folder plus genlab.json ---------------------------
 
     def save(self, folder: Path, **info) -> None:
-        self.model.save_pretrained(folder, safe_serialization=True)
+        save_hf(self.model, folder, bos_token_id=None, eos_token_id=None)  # no token starts or ends an image
         meta = {"kind": "ar-image", "levels": self.levels, "side": self.side, "class_names": self.class_names, **info}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path) -> "PixelGpt":
-        from transformers import LlamaForCausalLM
-
         folder = Path(folder).expanduser()
         path = folder / CONFIG_FILE
         meta = json.loads(path.read_text()) if path.is_file() else {}
         check(meta.get("kind") == "ar-image",
               f"{folder} is not an autoregressive image model folder (genlab train ar-image writes one in --out/model)")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a 3 MB file needs no bar
-        model = LlamaForCausalLM.from_pretrained(folder).eval().requires_grad_(False)
+        model = load_hf(folder).requires_grad_(False)
         info = {k: v for k, v in meta.items() if k not in ("kind", "levels", "side", "class_names")}
         return cls(model, meta["levels"], meta["side"], meta["class_names"], info)
 

@@ -1,6 +1,6 @@
 """Engines: objects that turn token ids into next-token logits (the LanguageModel protocol).
 
-  TorchLlama        genlab's own Llama (llama.py): the fast path for Llama-shaped models.
+  TorchLlama        genlab's own transformer (nn/transformer.py): the fast path for Llama-shaped models.
   TransformersModel any causal LM transformers can load, through its own cache; the fallback.
 
 `load_language_model()` picks one. A new backend (llama.cpp for GGUF files, say) is a new
@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from genlab.errors import GenlabError
-from genlab.text.llama import Llama, UnsupportedArchitecture
+from genlab.nn.transformer import Transformer, UnsupportedArchitecture
 from genlab.text.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TorchLlama:
-    def __init__(self, model: Llama, tokenizer: Tokenizer, stop_token_ids: set[int]):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, stop_token_ids: set[int]):
         self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
         self.context_length = model.cfg.max_seq_len
         self.device = model.lm_head.weight.device
@@ -34,6 +34,7 @@ class TorchLlama:
     def new_cache(self, max_len: int):
         return self.model.new_cache(max_len)
 
+    @torch.inference_mode()
     def forward(self, ids: list[int], cache) -> torch.Tensor:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         return self.model(idx, cache, last_only=True)[0, -1].cpu()
@@ -154,7 +155,7 @@ def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto",
             state.update(load_file(f))
         if adapter is not None:
             state = merge_into(state, adapter)
-        return TorchLlama(Llama.from_hf(config, state, dtype=dt, device=dev), tokenizer, stop_ids)
+        return TorchLlama(Transformer.from_hf(config, state, dtype=dt, device=dev), tokenizer, stop_ids)
     except UnsupportedArchitecture:
         pass
     except (KeyError, RuntimeError, OSError) as e:

@@ -2,14 +2,14 @@
 
 Next-token prediction, exactly as for text (train/lm.py): each image becomes the sequence
 [class word, pixel 1, ..., pixel 64] and the loss is the cross-entropy of each pixel given
-everything before it. The class word is only ever an input: transformers shifts the labels
-by one, so position 0 predicts pixel 1 and nothing predicts the class. Held-out bits/dim, the exact NLL, is reported at every checkpoint.
+everything before it. The class word is only ever an input: position 0 predicts pixel 1
+and nothing predicts the class. Held-out bits/dim, the exact NLL, is reported at every checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +18,10 @@ from ..errors import check
 from ..image.data import ImageData, load_images
 from ..image.pixel_gpt import PixelGpt, build_model
 from ..store import atomic_dir
-from .loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
+from .lm import next_token_loss
+from .loop import StepStats, TrainConfig
+from .options import ArImageOptions
+from .run import Run
 
 
 def split_images(source: str, side: int) -> tuple[ImageData, ImageData]:
@@ -32,44 +35,32 @@ def split_images(source: str, side: int) -> tuple[ImageData, ImageData]:
             ImageData(data.x[held], data.labels[held], data.class_names))
 
 
-@dataclass
-class ArImageRun:
+class ArImageRun(Run):
     """out/checkpoints/step-N, out/model (a Hugging Face folder plus genlab.json), out/samples."""
 
-    trainer: Trainer
-    gpt: PixelGpt
-    data: ImageData
-    held_out: ImageData
-    out: Path
-    options: dict
-    _bits: tuple = field(default=(None, 0.0), init=False, repr=False)  # (step, held-out bits/dim there)
+    kind, Options = "ar-image", ArImageOptions
+    _bits: tuple = (None, 0.0)  # (step, held-out bits/dim there)
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "ArImageRun":
-        return cls._build(out, options, None)
+    def build(self) -> torch.nn.Module:
+        o = self.options
+        self.data, self.held_out = split_images(o.data, o.resolution)
+        check(self.data.x.shape[1] == 1, f"ar-image models greyscale pictures; {o.data!r} has colour")
+        torch.manual_seed(o.seed)  # the initial weights
+        classes = max(1, len(self.data.class_names))
+        model = build_model(o.levels, classes, o.resolution, o.width, o.layers, o.heads)
+        self.gpt = PixelGpt(model, o.levels, o.resolution, self.data.class_names)
+        return model
 
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "ArImageRun":
-        return cls._build(out, *resume_run(out, "ar-image", "genlab train ar-image", given))
-
-    @classmethod
-    def _build(cls, out: Path, o: dict, resume_from) -> "ArImageRun":
-        check(2 <= o["levels"] <= 256, f"--levels must be between 2 and 256, got {o['levels']}")
-        data, held = split_images(o["data"], o["resolution"])
-        check(data.x.shape[1] == 1, f"ar-image models greyscale pictures; {o['data']!r} has colour")
-        torch.manual_seed(o["seed"])  # the initial weights
-        classes = max(1, len(data.class_names))
-        model = build_model(o["levels"], classes, o["resolution"], o["width"], o["layers"], o["heads"])
-        gpt = PixelGpt(model, o["levels"], o["resolution"], data.class_names)
-        config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=max(1, o["steps"] // 20),
-                             weight_decay=0.1, ema_decay=o["ema"], seed=o["seed"])
-        return cls(options_trainer(model, config, "ar-image", o, resume_from), gpt, data, held, out, o)
+    def train_config(self) -> TrainConfig:
+        o = self.options
+        return TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=max(1, o.steps // 20),
+                           weight_decay=0.1, ema_decay=o.ema, seed=o.seed)
 
     def steps(self) -> Iterator[StepStats]:
         def loss(model, g: torch.Generator) -> torch.Tensor:
             idx = torch.randint(len(self.data.x), (self.trainer.batch,), generator=g)
             x = self.gpt.sequences(self.data.x[idx], self.data.labels[idx])  # (B, 1 + H*W)
-            return model(input_ids=x, labels=x).loss  # position j predicts token j + 1: the 64 pixels
+            return next_token_loss(model, x)  # position j predicts token j + 1: the 64 pixels
 
         yield from self.trainer.run(loss)
 
@@ -85,15 +76,11 @@ class ArImageRun:
             self._bits = (self.trainer.step, self.ema().bits_per_dim(self.held_out.x, self.held_out.labels))
         return self._bits[1]
 
-    def save(self) -> Path:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # genlab's own bar is running
-        path = self.trainer.save(self.out / "checkpoints")
+    def save_model(self) -> None:
         with atomic_dir(self.out / "model") as tmp:
-            self.ema().save(tmp, step=self.trainer.step, train_seconds=round(self.trainer.seconds, 1), options=self.options,
+            self.ema().save(tmp, step=self.trainer.step, train_seconds=round(self.trainer.seconds, 1),
+                            options=dataclasses.asdict(self.options),
                             held_out_bits_per_dim=round(self.held_out_bits(), 4))
-        return path
 
     def sample_grid(self, path: Path, per_class: int = 4) -> Path:
         """EMA samples at temperature 1, one column per class, seed 0; held-out bits/dim in a .txt beside it."""

@@ -10,7 +10,8 @@ whole block, in any order, and can reveal several tokens per call:
 
     forward process  each token of x0 becomes MASK independently with probability t
                      (the linear schedule alpha_t = 1 - t), so x1 is all MASK
-    network          the GPT of lm.py with its causal mask lifted: it sees the partly masked
+    network          the GPT of lm.py with its causal mask lifted (genlab's transformer with
+                     causal=False, nn/transformer.py): it sees the partly masked
                      xt and guesses x0 at every position (logits over the real vocabulary)
     loss             cross-entropy at the masked positions, weighted by 1/t: in expectation an
                      upper bound on -log p(x0) per token (the NELBO)
@@ -23,20 +24,24 @@ so the held-out perplexity bound here and the GPT's held-out perplexity score th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from genlab.errors import check
+from genlab.nn.transformer import Transformer, load_hf
 from genlab.text.sampling import top_k_filter
-from genlab.train.lm import build_model, random_windows, tokenized_corpus, write_model_folder
-from genlab.train.loop import StepStats, Trainer, TrainConfig, options_trainer, resume_run
+from genlab.train.lm import build_model, lm_train_config, random_windows, tokenized_corpus, write_model_folder
+from genlab.train.loop import StepStats, TrainConfig
+from genlab.train.options import DiffusionLmOptions
+from genlab.train.run import Run
 
 KIND = "diffusion-lm"
 T_MIN = 1e-3  # t is clamped here, so the 1/t weight stays finite
@@ -46,31 +51,17 @@ MASK_GLYPH = "░"  # how decode() shows a still-masked position
 
 # --- the network -----------------------------------------------------------------
 
-def bidirectional(model):
-    """Lift the causal mask of a transformers Llama, so every position attends to the whole sequence.
-
-    With SDPA attention and no attention_mask, transformers builds no mask at all and calls
-    SDPA with is_causal=layer.self_attn.is_causal, so setting that False on every layer is the
-    whole change. Never pass an attention_mask to such a model: a padding mask would bring
-    the causal mask back. Used when building and when loading.
-    """
-    model.set_attn_implementation("sdpa")
-    for layer in model.model.layers:
-        layer.self_attn.is_causal = False
-    model.config.use_cache = False  # every step re-reads the whole sequence: there is nothing to cache
-    return model
+def build_diffusion_model(vocab_size: int, context: int, width: int, layers: int, heads: int) -> Transformer:
+    """lm.py's GPT, bidirectional (every position attends to the whole sequence), with one more
+    embedding row: MASK = vocab_size, the last id."""
+    return build_model(vocab_size + 1, context, width, layers, heads, causal=False)
 
 
-def build_diffusion_model(vocab_size: int, context: int, width: int, layers: int, heads: int):
-    """lm.py's GPT, bidirectional, with one more embedding row: MASK = vocab_size, the last id."""
-    return bidirectional(build_model(vocab_size + 1, context, width, layers, heads))
-
-
-def x0_logits(model, xt: torch.Tensor, mask_id: int) -> torch.Tensor:
+def x0_logits(model: Transformer, xt: torch.Tensor, mask_id: int) -> torch.Tensor:
     """The network's guess of x0 at every position, (B, L) -> (B, L, V): logits over the real
     vocabulary. x0 is never MASK, so its logit (the last one) is dropped, which is the same as
     setting it to -inf (MDLM's "zero masking probabilities")."""
-    return model(input_ids=xt).logits[..., :mask_id]
+    return model(xt)[..., :mask_id]
 
 
 # --- the loss: forward process and NELBO ---------------------------------------------
@@ -175,7 +166,7 @@ def unmask(model, prompt_ids: Sequence[int], mask_id: int, tokens: int = 64, ste
 class DiffusionLm:
     """A trained masked-diffusion LM: `DiffusionLm.load("runs/diffusion-lm/model").generate("The for statement")`."""
 
-    model: torch.nn.Module
+    model: Transformer  # bidirectional: model.cfg.causal is False
     tokenizer: object  # a tokenizers.Tokenizer
     mask_id: int
 
@@ -183,24 +174,20 @@ class DiffusionLm:
     def load(cls, folder: str | Path) -> "DiffusionLm":
         """A `genlab train diffusion-lm` model folder (out/model)."""
         from tokenizers import Tokenizer
-        from transformers import LlamaForCausalLM
 
         folder = Path(folder).expanduser()
         info = folder / "genlab-train.json"
         meta = json.loads(info.read_text()) if info.is_file() else {}
         check(meta.get("kind") == KIND, f"{folder} is not a `genlab train diffusion-lm` model folder "
                                         f"(its genlab-train.json must say kind 'diffusion-lm')")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a 16 MB file needs no bar
-        model = LlamaForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=torch.float32)
-        return cls(bidirectional(model).eval(), Tokenizer.from_file(str(folder / "tokenizer.json")), meta["mask_id"])
+        model = load_hf(folder, causal=False)  # an ordinary Llama folder: the mask is what genlab-train.json's kind says
+        return cls(model, Tokenizer.from_file(str(folder / "tokenizer.json")), meta["mask_id"])
 
     def unmask(self, prompt: str = "", tokens: int = 64, steps: int = 64, temperature: float = 1.0, top_k: int = 0,
                seed: int = 0) -> Iterator[UnmaskStep]:
         """The steps of unmask() after `prompt`; show(step) is one frame of the trajectory."""
         ids = self.tokenizer.encode(prompt).ids
-        context = self.model.config.max_position_embeddings
+        context = self.model.cfg.max_seq_len
         check(len(ids) + tokens <= context, f"the prompt ({len(ids)} tokens) and tokens={tokens} must fit in the "
                                             f"model's context of {context} tokens")
         yield from unmask(self.model, ids, self.mask_id, tokens, steps, temperature, top_k, seed)
@@ -221,51 +208,36 @@ class DiffusionLm:
         """The upper bound on this model's perplexity on `text` that training reports for its held-out
         part (perplexity_bound above, on windows of the model's context)."""
         ids = torch.tensor(self.tokenizer.encode(text).ids)
-        context = self.model.config.max_position_embeddings
+        context = self.model.cfg.max_seq_len
         check(len(ids) >= context, f"the text has {len(ids)} tokens, fewer than the model's context of {context}")
         return perplexity_bound(self.model, ids, context, self.mask_id)
 
 
 # --- the run behind `genlab train diffusion-lm` ------------------------------------------
 
-@dataclass
-class DiffusionLmRun:
+class DiffusionLmRun(Run):
     """out/checkpoints/step-N, out/model (a Hugging Face folder with its tokenizer and genlab-train.json)
     and out/samples; the same layout and options as lm.LmRun."""
 
-    trainer: Trainer
-    model: torch.nn.Module
-    tokenizer: object
-    train_ids: torch.Tensor
-    held_out_ids: torch.Tensor
-    out: Path
-    options: dict
-    _bound: tuple = field(default=(None, 0.0), init=False, repr=False)  # (step, held-out perplexity bound there)
+    kind, Options = KIND, DiffusionLmOptions
+    _bound: tuple = (None, 0.0)  # (step, held-out perplexity bound there)
 
-    @classmethod
-    def create(cls, out: Path, options: dict) -> "DiffusionLmRun":
-        return cls._build(out, options, None)
+    def build(self) -> torch.nn.Module:
+        o = self.options
+        self.tokenizer, self.train_ids, self.held_out_ids = tokenized_corpus(o)  # lm.py's: the same merges and ids
+        torch.manual_seed(o.seed)  # the initial weights
+        self.model = build_diffusion_model(self.tokenizer.get_vocab_size(), o.context, o.width, o.layers, o.heads)
+        return self.model
 
-    @classmethod
-    def resume(cls, out: Path, given: dict) -> "DiffusionLmRun":
-        return cls._build(out, *resume_run(out, KIND, "genlab train diffusion-lm", given))
-
-    @classmethod
-    def _build(cls, out: Path, o: dict, resume_from) -> "DiffusionLmRun":
-        tokenizer, train_ids, held_ids = tokenized_corpus(o)  # lm.py's: the same merges and ids on the same data
-        torch.manual_seed(o["seed"])  # the initial weights
-        model = build_diffusion_model(tokenizer.get_vocab_size(), o["context"], o["width"], o["layers"], o["heads"])
-        config = TrainConfig(steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=max(1, o["steps"] // 20),
-                             weight_decay=0.1, ema_decay=0.0, seed=o["seed"])
-        trainer = options_trainer(model, config, KIND, o, resume_from)
-        return cls(trainer, model, tokenizer, train_ids, held_ids, out, o)
+    def train_config(self) -> TrainConfig:
+        return lm_train_config(self.options)
 
     @property
     def mask_id(self) -> int:
         return self.tokenizer.get_vocab_size()
 
     def steps(self) -> Iterator[StepStats]:
-        T, B = self.options["context"], self.trainer.batch
+        T, B = self.options.context, self.trainer.batch
 
         def loss(model, g: torch.Generator) -> torch.Tensor:
             x0 = random_windows(self.train_ids, T, B, g)  # (B, T)
@@ -276,14 +248,14 @@ class DiffusionLmRun:
     def held_out_perplexity_bound(self) -> float:
         """Measured once per step reached: save() and sample_grid() both report it at a checkpoint."""
         if self._bound[0] != self.trainer.step:
-            bound = perplexity_bound(self.model, self.held_out_ids, self.options["context"], self.mask_id)
+            bound = perplexity_bound(self.model, self.held_out_ids, self.options.context, self.mask_id)
             self._bound = (self.trainer.step, bound)
         return self._bound[1]
 
-    def save(self) -> None:
-        self.trainer.save(self.out / "checkpoints")
-        write_model_folder(self.out / "model", self.model, self.tokenizer, self.options["context"],
-                           {"kind": KIND, "mask_id": self.mask_id, "step": self.trainer.step, "options": self.options,
+    def save_model(self) -> None:
+        write_model_folder(self.out / "model", self.model, self.tokenizer, self.options.context,
+                           {"kind": KIND, "mask_id": self.mask_id, "step": self.trainer.step,
+                            "options": dataclasses.asdict(self.options),
                             "train_seconds": round(self.trainer.seconds, 1),
                             "held_out_perplexity_bound": self.held_out_perplexity_bound()})
 

@@ -1,0 +1,1 @@
+"""Neural-network building blocks shared by genlab's model families (the transformer)."""
