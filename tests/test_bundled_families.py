@@ -62,4 +62,4 @@ def test_genlab_text_refuses_the_other_transformer_folders(capsys):
     from test_cli import assert_one_line_error, run
 
     code, _, err = run(["text", "hello", "--model", str(weights_folder("digits-ar"))], capsys)
-    assert_one_line_error(code, err, "is an autoregressive image model")
+    assert_one_line_error(code, err, "'digits-ar' is a pixel autoregressive model: it makes images, not text")

@@ -100,9 +100,13 @@ def test_streams_text_and_prints_timings(tiny_model, capsys):
     assert "tok/s" in err and "seed 1" in err
 
 
-def test_models_lists_the_bundled_model(capsys):
-    code, _, err = run(["models"], capsys)
-    assert code == 0 and "smollm2-135m-instruct" in err
+def test_models_lists_every_bundled_model_on_stdout(capsys):
+    from genlab.registry import BUNDLED
+
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+    for name in BUNDLED:
+        assert name in out
 
 
 def test_help_explains_the_options(capsys):

@@ -121,13 +121,13 @@ def test_cli_and_api_give_the_same_png(tiny_diffusion, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,fragment", [
-    (["--steps", "0"], "--steps must be at least 1, got 0"),
-    (["--guidance", "-1"], "--guidance must be 0 or more, got -1.0"),
-    (["-n", "0"], "-n must be at least 1, got 0"),
-    (["--strength", "1.5", "--init-image", "x.png"], "--strength must be between 0 and 1, got 1.5"),
+    (["--steps", "0"], "--steps must be an integer of at least 1, got 0"),
+    (["--guidance", "-1"], "--guidance must be a finite number between 0 and 100, got -1.0"),
+    (["-n", "0"], "-n must be an integer between 1 and 64, got 0"),
+    (["--strength", "1.5", "--init-image", "x.png"], "--strength must be a finite number between 0 and 1, got 1.5"),
     (["--sampler", "plms"], "unknown sampler 'plms'; choose one of: ddpm, ddim, dpmpp, dpmpp-sde, euler, heun"),
     (["--init-image", "/nonexistent.png"], "cannot read --init-image '/nonexistent.png'"),
-    (["--model", "/nonexistent-folder"], "is not a folder"),
+    (["--model", "/nonexistent-folder"], "there is no such folder or file"),
     (["--out", "x.jpg"], "--out must end in .png"),
     (["--steps", "abc"], "Invalid value for '--steps'"),
     (["--trajectory", "strip.gif"], "--trajectory must end in .png"),

@@ -68,13 +68,13 @@ def test_greedy_is_argmax():
 
 
 @pytest.mark.parametrize("kw,fragment", [
-    (dict(temperature=-0.1), "temperature must be >= 0"),
-    (dict(top_p=0.0), "top_p must be in (0, 1]"),
-    (dict(top_p=1.5), "top_p must be in (0, 1]"),
-    (dict(top_k=-1), "top_k must be an integer >= 0"),
-    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
-    (dict(min_p=2.0), "min_p must be in [0, 1]"),
-    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+    (dict(temperature=-0.1), "temperature must be a finite number between 0 and 100, got -0.1"),
+    (dict(top_p=0.0), "top_p must be a finite number above 0 and at most 1, got 0.0"),
+    (dict(top_p=1.5), "top_p must be a finite number above 0 and at most 1, got 1.5"),
+    (dict(top_k=-1), "top_k must be an integer of at least 0, got -1"),
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer of at least 1, got 0"),
+    (dict(min_p=2.0), "min_p must be a finite number between 0 and 1, got 2.0"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number above 0 and at most 100, got 0.0"),
     (dict(stop=[""]), "stop strings must be non-empty"),
     (dict(seed=-1), "seed must be an integer"),
 ])

@@ -55,7 +55,7 @@ def _wait_idle(server, timeout=30.0) -> dict:
 def test_health_and_models(server, client):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {TEXT, "digits", "shapes"}
+    assert set(models) == {TEXT, "pydoc-gpt", "pydoc-mdlm", "digits", "shapes", "digits-gan", "digits-ar"}  # every bundled model
     assert models[TEXT].kind == "text" and models["digits"].kind == "image"
     assert models["digits"].size == "16x16" and models["shapes"].size == "32x32"
     assert client.models.retrieve("shapes").id == "shapes"
@@ -205,7 +205,7 @@ def test_image_stream_previews_then_the_same_picture(server, client):
 @pytest.mark.parametrize("route, body, status, param, words", [
     ("/v1/chat/completions", {"messages": []}, 422, "messages", "at least 1"),
     ("/v1/chat/completions", {"messages": HI, "max_tokens": 5000}, 400, None, "at most 1024"),
-    ("/v1/chat/completions", {"messages": HI, "temperature": -1}, 400, None, "temperature must be >= 0"),
+    ("/v1/chat/completions", {"messages": HI, "temperature": -1}, 400, None, "temperature must be a finite number between 0 and 100, got -1"),
     ("/v1/chat/completions", {"messages": HI, "model": "digits"}, 404, "model", "is an image model"),
     ("/v1/chat/completions", {"messages": HI, "tools": []}, 422, "tools", "unknown field"),
     ("/v1/chat/completions", {"messages": HI, "top_logprobs": 3}, 400, None, "needs logprobs"),
@@ -286,6 +286,7 @@ def test_a_failing_generation_does_not_take_the_server_down(server, client, text
     error event in a stream), and the next request is served normally."""
     class Broken:
         tokenizer, room, check_fits, prompt_ids = text_gen.tokenizer, text_gen.room, text_gen.check_fits, text_gen.prompt_ids
+        unmasker = text_gen.unmasker
 
         def complete(self, *args, **kwargs):
             raise RuntimeError("injected fault")
@@ -313,7 +314,7 @@ def test_health_is_503_while_loading():
     from conftest import start_server
     from genlab.server.app import ServerConfig, create_app
 
-    s = start_server(create_app(ServerConfig(image_models=["digits"]), load=False), ready=False)
+    s = start_server(create_app(ServerConfig(text_models=[TEXT], image_models=["digits"]), load=False), ready=False)
     try:
         r = httpx.get(s.url + "/health")
         assert r.status_code == 503 and r.json() == {"status": "loading"} and r.headers["retry-after"]
@@ -336,7 +337,7 @@ def _genlab(*args, **kwargs):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--image-model", "nope", "--no-text"], "--image-model must be"),
+    (["--image-model", "nope", "--no-text"], "--image-model nope: unknown model 'nope'"),
     (["--text-model", "owner/not-cached", "--no-image"], "not in the local Hugging Face cache"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
     (["--port", "70000"], "--port must be between"),

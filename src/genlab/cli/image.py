@@ -15,9 +15,10 @@ from genlab.progress import console, step_progress
 def image(
     prompt: Annotated[str, typer.Argument(help="What to draw: 'a red circle above a blue square' (the shapes model), or a "
                                                "digit, '7', 'seven' or 'a handwritten 7' (the digits model).")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="'digits' or 'shapes' (bundled), a folder from genlab "
-                                                 "train diffusion or text2image, or a diffusers pipeline folder (e.g. Stable "
-                                                 "Diffusion). [default: digits for a prompt naming a digit, else shapes]")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A bundled image model (digits, shapes, digits-gan, digits-ar: "
+                                                 "`genlab models` lists them), a folder from genlab train diffusion, text2image, gan "
+                                                 "or ar-image, or a diffusers pipeline folder (e.g. Stable Diffusion). "
+                                                 "[default: digits for a prompt naming a digit, else shapes]")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), dpmpp-sde (its stochastic form), euler or heun. "
                                                         "[default: the model's: ddpm for shapes, dpmpp for digits; a diffusers pipeline keeps its own]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (heun calls the model about twice per step). "
@@ -47,25 +48,32 @@ def image(
 
     Example: genlab image "a handwritten 7" --steps 20 --seed 0 --out seven.png
     """
-    from genlab.errors import check
-    from genlab.image.canvas import grid, save_png, upscale
+    from genlab.errors import check, check_number
+    from genlab.image.canvas import grid, save_pngs, upscale
     from genlab.image.generator import ImageGenerator, ImageRequest, pick_model
+    from genlab.store import check_writable
 
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
     check(trajectory is None or trajectory.suffix.lower() == ".png", f"--trajectory must end in .png, got {str(trajectory)!r}")
     check(frames >= 2, f"--frames must be at least 2, got {frames}")
     check(1 <= scale <= 64, f"--scale must be between 1 and 64, got {scale}")
+    check_number("--adapter-scale", adapter_scale, 0, 4)
+    for path, what in ((out, "--out"), (trajectory, "--trajectory")):  # before the work, not after it
+        if path:
+            check_writable(path, what)
     request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
     gen = ImageGenerator(model or pick_model(prompt), device=device, dtype=dtype, adapter=adapter, adapter_scale=adapter_scale)
     request = gen.filled(request)
-    with step_progress(request.sampler or "sampling", request.steps) as update:
+    gen.check_prompt(request)  # one line now, not after the model has run
+    with step_progress(gen.default_sampler if request.sampler is None else request.sampler, request.steps or gen.default_steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
     picture = result.images[0] if n == 1 else grid(result.images)
-    save_png(upscale(picture, scale), out)
+    pictures = [(upscale(picture, scale), out, "--out")]
     if trajectory:
-        save_png(upscale(grid(result.trajectory, columns=len(result.trajectory)), scale), trajectory, "--trajectory")
+        pictures.append((upscale(grid(result.trajectory, columns=len(result.trajectory)), scale), trajectory, "--trajectory"))
+    save_pngs(pictures)  # both or neither
     console.print(f"saved {out}" + (f" and {trajectory}" if trajectory else "") + f" · {result.model_calls} model calls "
                   f"in {result.seconds:.2f} s ({result.steps_per_s:.1f} steps/s, {result.s_per_image:.2f} s/image) · "
                   f"load {gen.load_s:.2f} s · seed {result.seed}")

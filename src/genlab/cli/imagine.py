@@ -29,15 +29,18 @@ def imagine(
     """
     import time
 
-    from genlab.errors import check
+    from genlab.errors import check, check_text
     from genlab.image.canvas import save_png, upscale
-    from genlab.image.generator import ImageGenerator
+    from genlab.image.generator import ImageGenerator, ImageRequest
     from genlab.llm_to_image import imagine as run
+    from genlab.store import check_writable
     from genlab.text.generator import TextGenerator
 
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
     check(1 <= scale <= 64, f"--scale must be between 1 and 64, got {scale}")
-    check(steps is None or steps >= 1, f"--steps must be at least 1, got {steps}")
+    check_text("the idea", idea)
+    ImageRequest("the idea", steps=steps, guidance=guidance, seed=seed)  # the picture's checks, before both models load
+    check_writable(out, "--out")
     start = time.perf_counter()
     writer, painter = TextGenerator(text_model), ImageGenerator(image_model)
     load_s = time.perf_counter() - start

@@ -17,9 +17,10 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     text_model: Annotated[Optional[list[str]], typer.Option("--text-model", help="Text model to serve (repeat for "
                           "several): a bundled name, a .gguf file, a Hugging Face folder or hub id. [default: "
-                          "smollm2-135m-instruct]")] = None,
+                          "every bundled text model: smollm2-135m-instruct, pydoc-gpt, pydoc-mdlm]")] = None,
     image_model: Annotated[Optional[list[str]], typer.Option("--image-model", help="Image model to serve (repeat for "
-                           "several): digits, shapes, or a model folder. [default: digits and shapes]")] = None,
+                           "several): a bundled name or a model folder. [default: every bundled image model: digits, "
+                           "shapes, digits-gan, digits-ar]")] = None,
     no_text: Annotated[bool, typer.Option("--no-text", help="Serve no text model.")] = False,
     no_image: Annotated[bool, typer.Option("--no-image", help="Serve no image model.")] = False,
     concurrency: Annotated[int, typer.Option(help="Generations running at once. On a CPU, 1 is fastest overall: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Annotated, Optional
@@ -9,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from genlab.cli import app
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check_text
 from genlab.progress import console
 
 # -- shared options --------------------------------------------------------------
@@ -52,11 +53,14 @@ def text(
     top_p: TopP = 1.0,
     min_p: MinP = 0.0,
     repetition_penalty: RepPenalty = 1.0,
-    max_new_tokens: MaxNew = 256,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens. "
+                                                          "[default: 256; a masked-diffusion LM fills a block of 64]")] = None,
     stop: Stop = None,
     seed: Seed = None,
     system: System = None,
     adapter: AdapterOpt = None,
+    steps: Annotated[Optional[int], typer.Option(help="Masked-diffusion LMs (pydoc-mdlm): unmasking steps, each one network "
+                                                      "call that reveals part of the block. [default: one per token]")] = None,
     raw: Annotated[bool, typer.Option(help="Continue the prompt as plain text instead of answering it as a chat.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, usage, timings, per-token top probabilities.")] = False,
     top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="Candidates per token in --json output (0-20).")] = 5,
@@ -66,22 +70,48 @@ def text(
     """Generate text from a prompt, streaming it to stdout.
 
     Example: genlab text "Explain attention" --temperature 0 --max-new-tokens 80
+    Any text model of `genlab models` works: genlab text "The for statement" --model pydoc-mdlm --steps 16
     """
-    params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+    import dataclasses
+
+    check_text("the prompt", prompt)  # argv keeps undecodable bytes as lone surrogates
+    if system:
+        check_text("--system", system)
+    params = _sampling(max_new_tokens=256 if max_new_tokens is None else max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0)
     gen = _generator(model, device, dtype, adapter)
+    if gen.unmasker:  # a masked-diffusion LM: a block of tokens, no per-token logprobs
+        from genlab.text.unmasking import DEFAULT_TOKENS
+
+        params = dataclasses.replace(params, max_new_tokens=DEFAULT_TOKENS if max_new_tokens is None else max_new_tokens, top_logprobs=0)
     if as_json:
-        result = gen.complete(prompt, params=params, system=system, raw=raw)
+        result = gen.complete(prompt, params=params, system=system, raw=raw, steps=steps)
         print(json.dumps(generation_json(gen, result), ensure_ascii=False, indent=1))
         return
     from genlab.text.decode import DecodeStats
 
     stats = DecodeStats()
-    for piece in gen.stream(prompt, params=params, system=system, raw=raw, stats=stats):
-        sys.stdout.write(piece.text)
-        sys.stdout.flush()
+    with _unfolding(gen) as on_frame:
+        for piece in gen.stream(prompt, params=params, system=system, raw=raw, stats=stats, steps=steps, on_frame=on_frame):
+            sys.stdout.write(piece.text)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     _print_stats(gen, stats)
+
+
+@contextlib.contextmanager
+def _unfolding(gen):
+    """For a masked-diffusion LM, the block unmasking on stderr, step by step (░ = still masked)."""
+    from genlab.progress import quiet
+
+    if gen.unmasker is None or quiet():
+        yield None
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(console=console, transient=True, refresh_per_second=12) as live:
+        yield lambda step, text: live.update(Text(f"step {step.index}/{step.total}\n{text}"))
 
 
 def generation_json(gen, result) -> dict:
@@ -131,6 +161,8 @@ def chat(
     """
     params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, seed=seed)
+    if system:
+        check_text("--system", system)
     gen = _generator(model, device, dtype, adapter)
     from genlab.text.decode import DecodeStats
 
@@ -142,6 +174,9 @@ def chat(
             line = input(">>> ")
         except EOFError:
             break
+        except UnicodeDecodeError:  # a strict stdin; a lenient one passes lone surrogates, checked below
+            raise GenlabError("the prompt is not valid UTF-8; give text encoded as UTF-8") from None
+        check_text("the prompt", line)
         if line.strip() in ("/exit", "/quit", "/bye"):
             break
         if line.strip() == "/reset":
@@ -164,23 +199,3 @@ def chat(
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": "".join(reply)})
         _print_stats(gen, stats)
-
-
-@app.command()
-def models():
-    """List the bundled models and those converted into the cache, with size and parameters."""
-    from rich.table import Table
-
-    from genlab.catalog import list_models
-
-    table = Table(title="genlab models")
-    table.add_column("name", no_wrap=True)
-    for col in ("kind", "parameters", "size"):
-        table.add_column(col)
-    table.add_column("location", overflow="fold")
-    for row in list_models():
-        table.add_row(row.name, row.kind, f"{row.parameters / 1e6:.1f}M" if row.parameters else "?",
-                      f"{row.size_bytes / 1e6:.0f} MB", row.location)
-    console.print(table)
-
-

@@ -57,10 +57,10 @@ class DigitClassifier(nn.Module):
 
     @classmethod
     def bundled(cls) -> "DigitClassifier":
-        from safetensors.torch import load_file
+        from ..store import load_weights
 
         model = cls()
-        model.load_state_dict(load_file(str(bundled_path())))
+        model.load_state_dict(load_weights(bundled_path()))
         return model.eval().requires_grad_(False)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GenlabError, check
+from ..store import writing
 
 
 def to_pil(x: torch.Tensor) -> list:
@@ -63,12 +64,36 @@ def read_mask(path: str | Path, size: int) -> torch.Tensor:
 
 def save_png(im, path: Path, what: str = "--out") -> None:
     """Save a PNG, creating its folder; one clear error if the place cannot be written."""
-    check(path.suffix.lower() == ".png", f"{what} must end in .png, got {str(path)!r}")
+    save_pngs([(im, path, what)])
+
+
+def save_pngs(pictures: list[tuple]) -> None:
+    """Save several (image, path, what) PNGs as one: all of them, or, on an error, none.
+
+    Each is written to a temporary file next to its path first; only when every one is written
+    are they renamed into place, so a failed --trajectory never leaves a lone --out behind.
+    """
+    import os
+    import uuid
+
+    for _, path, what in pictures:
+        check(Path(path).suffix.lower() == ".png", f"{what} must end in .png, got {str(path)!r}")
+    written = []  # (temporary file, final path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        im.save(path, format="PNG")
-    except OSError as e:
-        raise GenlabError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
+        for im, path, what in pictures:
+            path = Path(path).expanduser()
+            with writing(path, what):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"  # open() keeps the umask's mode
+                with open(tmp, "xb") as f:
+                    written.append((tmp, path))
+                    im.save(f, format="PNG")
+        for (tmp, path), (_, _, what) in zip(written, pictures):
+            with writing(path, what):
+                os.replace(tmp, path)
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
 
 
 def grid(images: list, columns: int | None = None, pad: int = 1):

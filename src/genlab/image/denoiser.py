@@ -46,9 +46,11 @@ class DiffusionConfig:
     sampling_steps: int = 20  # the default number of sampling steps
     dropout: float = 0.0  # in every residual block while training (0.1 cuts the bundled model's held-out loss ~15%, not its FID)
     upsample: int = 1  # pictures are resolution * upsample pixels wide: the samples, enlarged bilinearly (see Denoiser.decode)
+    kind: str = "diffusion"  # what the folder holds (registry.py reads it)
 
     def __post_init__(self):
         self.widths, self.attention_levels = tuple(self.widths), tuple(self.attention_levels)
+        check(self.kind == "diffusion", f"{CONFIG_FILE}: kind must be 'diffusion', got {self.kind!r}")
         check(self.schedule in ("cosine", "linear", "flow"), f"schedule must be cosine, linear or flow, got {self.schedule!r}")
         if self.schedule == "flow":
             self.prediction = "flow"

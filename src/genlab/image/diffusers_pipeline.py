@@ -18,6 +18,7 @@ import torch
 
 from ..errors import GenlabError, check
 from .canvas import open_image
+from .request import ImageResult, frame_indices
 from .samplers import SampleStep
 
 SCHEDULERS = {  # genlab's sampler name -> (diffusers scheduler, settings)
@@ -61,7 +62,6 @@ class DiffusersPipeline:
         import diffusers
         from PIL import Image
 
-        from .generator import ImageResult, _frame_indices
 
         pipe = self._variant(request)
         if request.sampler:  # otherwise keep the pipeline's own scheduler
@@ -94,7 +94,7 @@ class DiffusersPipeline:
                 if on_step:
                     on_step(step)
                 # the pipeline's starting noise is not shown to callbacks: its first frame is after step 1
-                if i + 1 in {max(1, k) for k in _frame_indices(total, request.trajectory_frames)}:
+                if i + 1 in {max(1, k) for k in frame_indices(total, request.trajectory_frames)}:
                     frames.append(self._decode(latents[:1]))
                 return tensors
 

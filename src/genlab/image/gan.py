@@ -142,7 +142,7 @@ class Gan(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> "Gan":
-        from safetensors.torch import load_file
+        from ..store import load_weights
 
         folder = Path(folder).expanduser()
         path = folder / CONFIG_FILE
@@ -150,7 +150,7 @@ class Gan(nn.Module):
         check(meta.get("kind") == "gan", f"{folder} is not a GAN model folder (genlab train gan writes one in --out/model)")
         names = {f.name for f in dataclasses.fields(GanConfig)}
         gan = cls(GanConfig(**{k: v for k, v in meta.items() if k in names}))
-        gan.generator.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        gan.generator.load_state_dict(load_weights(folder / WEIGHTS_FILE))
         gan.info = {k: v for k, v in meta.items() if k not in names}
         return gan.eval().requires_grad_(False)
 

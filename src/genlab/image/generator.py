@@ -17,20 +17,16 @@ import dataclasses
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import check
-from ..store import bundled_weights, weights_folder
 from .canvas import open_image, read_image, read_mask, to_pil
 from .denoiser import parse_prompt  # noqa: F401  (part of this module's API)
-from .samplers import SAMPLERS, SampleStep, check_sampler, make_plan
+from .request import ImageRequest, ImageResult, frame_indices  # noqa: F401  (ImageRequest is part of this module's API)
+from .samplers import SAMPLERS, SampleStep, make_plan
 
-# Models trained by genlab and shipped in src/genlab/weights/ (see docs/models.md), by name.
-BUNDLED = {"digits": "digits-diffusion", "shapes": "shapes-text2image"}
-DEFAULT_MODEL = "digits"
 # How the bundled digits model was trained: `genlab train diffusion`'s options that differ from its defaults
 DIGITS_OPTIONS = {"resolution": 8, "upsample": 2, "steps": 7000}
 TRAIN_COMMANDS = {"digits": " ".join(["genlab train diffusion"] + [f"--{k} {v}" for k, v in DIGITS_OPTIONS.items()] + ["--out runs/digits"]),
@@ -46,87 +42,44 @@ def pick_model(prompt: str) -> str:
     words = set(re.findall(r"[a-z0-9]+", prompt.lower()))
     names_shape = any(s in words or s + "s" in words for s in SHAPES)
     names_digit = bool(words & (set(DIGIT_WORDS) | set("0123456789")))
-    shapes_bundled = _weights_folder("shapes").is_dir()
+    from ..registry import BUNDLED
+    from ..store import weights_folder
+
+    shapes_bundled = weights_folder(BUNDLED["shapes"].folder).is_dir()
     return "digits" if (names_digit and not names_shape) or not shapes_bundled else "shapes"
-
-
-def _weights_folder(name: str) -> Path:
-    return weights_folder(BUNDLED[name])
-
-
-def bundled_folder(name: str = DEFAULT_MODEL) -> Path:
-    return bundled_weights(BUNDLED[name], TRAIN_COMMANDS.get(name, "genlab train"))
-
-
-@dataclass
-class ImageRequest:
-    prompt: str
-    n: int = 1
-    sampler: str | None = None  # None: the model's default (genlab.json's "sampler"; else dpmpp, euler for rectified flow)
-    steps: int | None = None  # None: the model's default (genlab.json's "sampling_steps"; 20 for a diffusers pipeline)
-    guidance: float | None = None  # classifier-free guidance scale: 1 = off, 0 = ignore the prompt; None: the model's
-    negative_prompt: str | None = None
-    seed: int | None = None
-    eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
-    init_image: str | None = None  # img2img: start from this picture, noised to `strength`
-    strength: float = 0.75
-    mask: str | None = None  # inpainting: white pixels are repainted, black ones kept from init_image
-    trajectory_frames: int = 0  # keep this many evenly spaced x_t for a denoising strip
-
-    def __post_init__(self):
-        check(isinstance(self.prompt, str) and self.prompt.strip() != "",
-              "the prompt is empty; describe the picture, e.g. 'a red circle above a blue square' or 'a handwritten 7'")
-        check(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        check(self.guidance is None or self.guidance >= 0, f"--guidance must be 0 or more, got {self.guidance}")
-        check(self.n >= 1, f"-n must be at least 1, got {self.n}")
-        check(0 <= self.strength <= 1, f"--strength must be between 0 and 1, got {self.strength}")
-        check(self.eta >= 0, f"--eta must be 0 or more, got {self.eta}")
-        check_sampler(self.sampler)
-        check(self.mask is None or self.init_image is not None, "--mask needs --init-image: the picture to inpaint")
-        if self.seed is None:
-            self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        check(0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
-
-
-@dataclass
-class ImageResult:
-    images: list  # PIL images
-    seed: int
-    seconds: float
-    model_calls: int  # denoiser evaluations per image batch (CFG doubles the batch, not the calls)
-    trajectory: list = field(default_factory=list)  # PIL images of x_t, for --trajectory
-
-    @property
-    def steps_per_s(self) -> float:
-        return self.model_calls / self.seconds
-
-    @property
-    def s_per_image(self) -> float:
-        return self.seconds / len(self.images)
 
 
 class ImageGenerator:
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", adapter: str | None = None,
                  adapter_scale: float = 1.0):
-        """`adapter`: a LoRA adapter folder (genlab finetune image), merged into the UNet with weight `adapter_scale`."""
+        """`model`: a bundled name (`genlab models`), a model folder or a run's --out folder; default digits.
+        `adapter`: a LoRA adapter folder (genlab finetune image), merged into the UNet with weight `adapter_scale`."""
+        from ..registry import DEFAULT_IMAGE_MODEL, locate
         from ..text.engine import resolve_device
 
         self.device = resolve_device(device)
         start = time.perf_counter()
-        spec = model or DEFAULT_MODEL
-        self.folder = folder = self.folder_of(spec)
+        spec = model or DEFAULT_IMAGE_MODEL
+        ref = locate(spec, "image")
+        self.name, self.kind, self.folder = ref.name, ref.kind, ref.path
+        folder, self.drawer = ref.path, None
         check(dtype in ("auto", "float32", "float16", "bfloat16"), f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
         # auto: float16 on a GPU, float32 on a CPU (where float16 convolutions are slow)
         self.dtype = getattr(torch, dtype) if dtype != "auto" else torch.float16 if self.device.type == "cuda" else torch.float32
-        from .text2image import is_text2image, load_text2image
+        from .text2image import load_text2image
 
-        if is_text2image(folder):  # genlab's latent text-to-image model (a diffusers folder too, minus the text encoder)
+        if self.kind.name == "text2image":  # genlab's latent text-to-image model (a diffusers folder too, minus the text encoder)
             self.pipeline = None
             self._use(load_text2image(folder, self.device, self.dtype))
-        elif (folder / "model_index.json").is_file():
+        elif self.kind.name == "diffusers-pipeline":
             from .diffusers_pipeline import DiffusersPipeline
 
             self.pipeline, self.model = DiffusersPipeline(folder, self.device, self.dtype), None
+        elif self.kind.name in ("gan", "ar-image"):  # no denoising: drawers.py gives them the same stream of steps
+            from .drawers import load_drawer
+
+            self.pipeline, self.model, self.config = None, None, None
+            self.drawer = load_drawer(self.kind.name, folder)
         else:
             from .denoiser import load_model
 
@@ -139,20 +92,16 @@ class ImageGenerator:
     @staticmethod
     def folder_of(spec: str) -> Path:
         """The folder behind --model: a bundled name, a model folder, or the --out folder of a training run."""
-        if spec in BUNDLED:
-            return bundled_folder(spec)
-        folder = Path(spec).expanduser()
-        check(folder.is_dir(), f"--model must be {' or '.join(map(repr, BUNDLED))}, a genlab model folder or a diffusers "
-              f"pipeline folder; {spec!r} is not a folder")
-        if (folder / "model").is_dir() and not (folder / "genlab.json").exists():
-            folder = folder / "model"  # the --out folder of `genlab train diffusion`
-        return folder
+        from ..registry import locate
+
+        return locate(spec, "image").path
 
     def _merge(self, spec: str, folder: str, scale: float) -> None:
         """LoRA: W + scale (alpha/r) B A in every adapted layer of the UNet (genlab/lora.py)."""
         from ..lora import Adapter, merge_into
 
         check(self.pipeline is None, "--adapter works with genlab's own models; a diffusers pipeline loads LoRA itself")
+        check(self.drawer is None, f"--adapter tunes a diffusion UNet; {spec!r} is a {self.kind.title}")
         check(0 <= scale <= 4, f"--adapter-scale must be between 0 and 4, got {scale}")
         lora = Adapter.for_model(folder, spec)
         unet = self.model.unet
@@ -163,6 +112,7 @@ class ImageGenerator:
         """Wrap a Denoiser or TextToImage already in memory (e.g. the EMA weights during training)."""
         gen = cls.__new__(cls)
         gen.device, gen.dtype, gen.folder, gen.load_s, gen.pipeline = next(model.parameters()).device, torch.float32, None, 0.0, None
+        gen.drawer, gen.name = None, "in memory"
         gen._use(model.eval())
         return gen
 
@@ -182,7 +132,7 @@ class ImageGenerator:
         for step in self.stream(request):
             if step.index > 0 and on_step:
                 on_step(step)
-            if step.index in _frame_indices(step.total, request.trajectory_frames):
+            if step.index in frame_indices(step.total, request.trajectory_frames):
                 frames.append(step.xt[:1])
         return ImageResult(self.pictures(step.xt), request.seed, time.perf_counter() - start, step.calls,
                            self.pictures(torch.cat(frames)) if frames else [])
@@ -190,12 +140,31 @@ class ImageGenerator:
     @torch.inference_mode()
     def pictures(self, x: torch.Tensor) -> list:
         """PIL images from samples in the model's space (pixels, or latents through the VAE)."""
-        return to_pil(self.model.decode(x))
+        return to_pil(self.drawer.pictures(x) if self.drawer else self.model.decode(x))
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the pictures this model draws; None for a diffusers pipeline (its size is its own)."""
+        return self.drawer.pixel_shape if self.drawer else self.model.pixel_shape if self.model is not None else None
+
+    def check_prompt(self, request: "ImageRequest") -> None:
+        """One line now, before any work, if this model cannot draw the request's prompt or options."""
+        if self.drawer:
+            self.drawer.check(request)
+            self.drawer.condition(request.prompt)
+        elif self.model is not None:
+            self.model.condition(request.prompt, 1)
+            if request.negative_prompt:
+                self.model.condition(request.negative_prompt, 1)
 
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
         """The sampling loop itself: yields the starting x_T as step 0, then each step's x_t."""
         request = self.filled(request)
+        if self.drawer:
+            self.drawer.check(request)
+            yield from self.drawer.stream(request)
+            return
         m, n, sampler = self.model, request.n, request.sampler
         cond = m.condition(request.prompt, n)
         uncond = m.condition(request.negative_prompt, n) if request.negative_prompt else m.null_condition(n)
@@ -251,17 +220,23 @@ class ImageGenerator:
 
     def filled(self, request: ImageRequest) -> ImageRequest:
         """The request with the model's own sampler and steps where it leaves them open (None)."""
+        if self.drawer:
+            return request  # it has one way to draw; check() refuses anything else
         return dataclasses.replace(request, sampler=request.sampler or self.default_sampler,
                                    steps=request.steps or self.default_steps)
 
-    def guidance(self, request: ImageRequest) -> float:
-        """The request's guidance scale, or the model's own default (genlab.json's "guidance")."""
+    def guidance(self, request: ImageRequest) -> float | None:
+        """The request's guidance scale, or the model's own default (genlab.json's "guidance"); None for a GAN or pixel GPT."""
+        if self.drawer:
+            return None
         return request.guidance if request.guidance is not None else self.config.guidance
 
     @property
     def default_sampler(self) -> str | None:
         """The model's own (genlab.json's "sampler"), else dpmpp, euler for rectified flow; None for
         a diffusers pipeline (it keeps its own scheduler)."""
+        if self.drawer:
+            return self.drawer.sampler
         if self.model is None:
             return None
         return self.config.sampler or ("euler" if self.config.schedule == "flow" else "dpmpp")
@@ -269,6 +244,8 @@ class ImageGenerator:
     @property
     def default_steps(self) -> int:
         """The model's own (genlab.json's "sampling_steps"); 20 for a diffusers pipeline."""
+        if self.drawer:
+            return self.drawer.steps
         return 20 if self.model is None else self.config.sampling_steps
 
     def _init(self, request: ImageRequest) -> torch.Tensor:  # (1, C, H, W)
@@ -307,10 +284,3 @@ def _keep_known(plan, init: torch.Tensor, mask: torch.Tensor, noise: torch.Tenso
         return mask * xt + (1 - mask) * plan.noised(init, noise, level)
 
     return keep
-
-
-def _frame_indices(steps: int, frames: int) -> set[int]:
-    """Which of steps 0..steps (0 = the starting noise) to keep for `frames` evenly spaced frames."""
-    if frames <= 1:
-        return {steps} if frames == 1 else set()
-    return {round(i * steps / (frames - 1)) for i in range(frames)}

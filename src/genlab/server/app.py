@@ -25,19 +25,17 @@ from starlette.exceptions import HTTPException
 
 from genlab import __version__
 from genlab.errors import GenlabError, check
-from genlab.image.generator import BUNDLED as IMAGE_BUNDLED
+from genlab.registry import BUNDLED, KINDS, locate
 from genlab.server.admission import Admission
 from genlab.server.protocol import APIError, validation_message
-from genlab.text.sources import BUNDLED as TEXT_BUNDLED
-from genlab.text.sources import DEFAULT_TEXT_MODEL
 
 log = logging.getLogger("genlab.server")
 
 
 @dataclass
 class ServerConfig:
-    text_models: list[str] = field(default_factory=lambda: [DEFAULT_TEXT_MODEL])
-    image_models: list[str] = field(default_factory=lambda: list(IMAGE_BUNDLED))
+    text_models: list[str] = field(default_factory=lambda: bundled("text"))  # every bundled model (registry.py)
+    image_models: list[str] = field(default_factory=lambda: bundled("image"))
     concurrency: int = 1  # generations running at once
     queue: int = 8  # requests waiting for a slot before new ones get 429
     max_tokens: int = 1024  # the most tokens one request may ask for
@@ -53,28 +51,36 @@ class ServerConfig:
         check(self.text_models or self.image_models, "give at least one --text-model or --image-model")
 
 
+def bundled(output: str) -> list[str]:
+    return [name for name, b in BUNDLED.items() if KINDS[b.kind].output == output]
+
+
 def model_name(spec: str) -> str:
     """The id a client uses: a bundled name as is, a folder or file by its name."""
-    return spec if spec in TEXT_BUNDLED or spec in IMAGE_BUNDLED or spec.count("/") == 1 and not Path(spec).exists() \
+    return spec if spec in BUNDLED or spec.count("/") == 1 and not Path(spec).exists() \
         else Path(spec).expanduser().resolve().stem
 
 
 def precheck(config: ServerConfig) -> None:
     """Fail fast, before listening, on a model that cannot load (a missing folder, a hub id offline)."""
-    from genlab.text.sources import bundled_file, resolve
+    from genlab.text.sources import resolve
 
     for spec in config.text_models:
-        if spec in TEXT_BUNDLED:
-            bundled_file(spec)
-        elif not spec.lower().endswith(".gguf"):
-            resolve(spec)
+        if spec in BUNDLED or Path(spec).expanduser().exists():
+            _locate_for("--text-model", spec, "text")  # finds the files; converting a GGUF waits for the loading thread
         else:
-            check(Path(spec).expanduser().is_file(), f"no such GGUF file: {spec}")
+            resolve(spec)  # a hub id: in the cache, or one line
     for spec in config.image_models:
-        check(spec in IMAGE_BUNDLED or Path(spec).expanduser().is_dir(),
-              f"--image-model must be {' or '.join(IMAGE_BUNDLED)} or a model folder; {spec!r} is neither")
+        _locate_for("--image-model", spec, "image")
     names = [model_name(s) for s in config.text_models + config.image_models]
     check(len(set(names)) == len(names), f"two models would have the same id: {names}")
+
+
+def _locate_for(flag: str, spec: str, output: str):
+    try:
+        return locate(spec, output)
+    except GenlabError as e:
+        raise GenlabError(f"{flag} {spec}: {e}") from None
 
 
 class Models:
@@ -183,20 +189,32 @@ def _model_cards(models: Models) -> list[dict]:
         name = model_name(spec)
         gen = models.text.get(name)
         cards.append({"id": name, "object": "model", "created": models.created, "owned_by": "genlab", "kind": "text",
-                      "ready": gen is not None, "context_length": gen.lm.context_length if gen else None})
+                      "ready": gen is not None, "context_length": gen.lm.context_length if gen else None,
+                      "chat": bool(gen and gen.unmasker is None and gen.tokenizer.chat_template),  # else: /v1/completions
+                      **_registry_card(spec)})
     for spec in models.config.image_models:
         name = model_name(spec)
         gen = models.image.get(name)
         card = {"id": name, "object": "model", "created": models.created, "owned_by": "genlab", "kind": "image",
-                "ready": gen is not None}
-        if gen is not None and gen.model is not None:
+                "ready": gen is not None, **_registry_card(spec)}
+        if gen is not None and gen.pixel_shape is not None:
             from genlab.image.samplers import SAMPLERS
 
-            channels, height, width = gen.model.pixel_shape
-            card.update(size=f"{width}x{height}", samplers=list(SAMPLERS), default_sampler=gen.default_sampler,
-                        default_steps=gen.default_steps, default_guidance=gen.config.guidance)
+            channels, height, width = gen.pixel_shape
+            card.update(size=f"{width}x{height}", samplers=[gen.default_sampler] if gen.drawer else list(SAMPLERS),
+                        default_sampler=gen.default_sampler, default_steps=gen.default_steps,
+                        default_guidance=gen.config.guidance if gen.config else None)
         cards.append(card)
     return cards
+
+
+def _registry_card(spec: str) -> dict:
+    """What registry.py says of a model: its family, its kind, and the routes that run it."""
+    try:
+        kind = locate(spec).kind
+    except GenlabError:  # a hub id: a causal LM that text/sources.py found in the cache
+        kind = KINDS["causal-lm"]
+    return {"family": kind.family, "model_kind": kind.name, "routes": list(kind.routes)}
 
 
 def _errors(app: FastAPI) -> None:

@@ -41,14 +41,14 @@ async def generations(body: ImagesRequest, request: Request):
     name, gen = models.pick("image", body.model, default if default in models.image else None)
     check(1 <= body.n <= config.max_images, f"n must be between 1 and {config.max_images} on this server, got {body.n}")
     check(body.steps is None or body.steps <= config.max_steps, f"steps must be at most {config.max_steps} on this server, got {body.steps}")
-    if body.size not in (None, "auto") and gen.model is not None:
-        _, height, width = gen.model.pixel_shape
+    if body.size not in (None, "auto") and gen.pixel_shape is not None:
+        _, height, width = gen.pixel_shape
         check(body.size == f"{width}x{height}", f"size {body.size!r} is not available: model {name!r} draws "
               f"{width}x{height} pictures; send size '{width}x{height}' or leave it out")
     job = ImageRequest(body.prompt, n=body.n, sampler=body.sampler, steps=body.steps, guidance=body.guidance_scale,
                        negative_prompt=body.negative_prompt, seed=body.seed)
-    if gen.model is not None:  # an unknown prompt is a 400 now, not an error event mid-stream
-        await anyio.to_thread.run_sync(_check_prompts, gen, job)
+    if gen.pixel_shape is not None:  # an unknown prompt is a 400 now, not an error event mid-stream
+        await anyio.to_thread.run_sync(gen.check_prompt, job)
     else:
         check(not body.stream, "stream needs a genlab model; a diffusers pipeline answers in one piece")
     ticket = request.app.state.admission.ticket()
@@ -59,12 +59,6 @@ async def generations(body: ImagesRequest, request: Request):
         data = [{"b64_json": png_b64(im), "revised_prompt": body.prompt} for im in result.images]
     return {"created": now(), "data": data, "model": name, "seed": result.seed,
             "timings": _timings(result.seconds, result.model_calls, len(result.images))}
-
-
-def _check_prompts(gen, job: ImageRequest) -> None:
-    gen.model.condition(job.prompt, 1)
-    if job.negative_prompt:
-        gen.model.condition(job.negative_prompt, 1)
 
 
 async def _stream(ticket, gen, job: ImageRequest, partial_images: int | None):

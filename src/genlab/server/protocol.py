@@ -115,6 +115,7 @@ class ChatRequest(TextParams):
 class CompletionRequest(TextParams):
     prompt: Union[str, list[str]]
     logprobs: Optional[int] = None  # the legacy form: how many top candidates, 0-5
+    steps: Optional[int] = None  # extension, masked-diffusion LMs only: unmasking steps (default one per token)
     echo: bool = False
     suffix: Optional[str] = None
 

@@ -34,6 +34,7 @@ class Choice:
     index: int
     prompt: dict  # {"messages": [...]} or {"prompt": str, "raw": True}
     params: SamplingParams
+    steps: int | None = None  # a masked-diffusion LM's unmasking steps
 
 
 def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None) -> list[Choice]:
@@ -46,11 +47,20 @@ def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None)
     choices = []
     for p, prompt in enumerate(prompts):
         ids = gen.prompt_ids(**prompt)
+        if gen.unmasker:  # a masked-diffusion LM fills a block, by default as large as `genlab text`'s
+            from genlab.text.unmasking import DEFAULT_TOKENS
+
+            default_tokens = default_tokens or DEFAULT_TOKENS
         tokens = requested if requested is not None else min(default_tokens or limit, limit, max(gen.room(ids), 1))
+        steps = getattr(body, "steps", None)
         for i in range(body.n):
             params = SamplingParams(**body.sampling(tokens, top, i))
             gen.check_fits(ids, params.max_new_tokens)
-            choices.append(Choice(p * body.n + i, prompt, params))
+            if gen.unmasker:
+                gen.unmasker.check(params, steps)
+            else:
+                check(steps is None, "steps (unmasking steps) are for masked-diffusion LMs; this model writes one token per step")
+            choices.append(Choice(p * body.n + i, prompt, params, steps))
     return choices
 
 
@@ -79,7 +89,7 @@ async def respond(request: Request, gen, name: str, body, choices: list[Choice],
         for c in choices:
             if done and await request.is_disconnected():  # nobody is waiting for the remaining choices
                 return Response(status_code=499)
-            done.append(await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params)))
+            done.append(await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params, steps=c.steps)))
     out = []
     for c, g in zip(choices, done):
         logprobs = _logprobs(gen, body, c, g.tokens, chat, 0)
@@ -112,7 +122,7 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
                     yield chunk({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None})
                 finish = "length"
-                async for piece in in_thread(gen.stream(**c.prompt, params=c.params, stats=stats)):
+                async for piece in in_thread(gen.stream(**c.prompt, params=c.params, stats=stats, steps=c.steps)):
                     logprobs = _logprobs(gen, body, c, piece.tokens, chat, offset) if piece.tokens else None
                     offset += len(piece.text)
                     finish = piece.finish_reason or finish

