@@ -32,9 +32,9 @@ os.environ.setdefault("GENLAB_QUIET", "1")
 import torch  # noqa: E402
 
 from genlab.eval.digits import DigitClassifier, accuracy, fid, real_floor  # noqa: E402
-from genlab.image.data import digits  # noqa: E402
+from genlab.data.digits import digits  # noqa: E402
 from genlab.image.generator import ImageGenerator  # noqa: E402
-from genlab.image.samplers import SAMPLERS  # noqa: E402
+from genlab.diffusion.samplers import SAMPLERS  # noqa: E402
 
 
 def main():

@@ -11,7 +11,7 @@ genlab passes itself; guidance is 1 on both sides (one model call per step). It 
 seconds per image, steps per second, the ratio, and the largest pixel difference between
 the two outputs. The two sides take turns, run by run, so that the shared machine's slow
 spells fall on both. The bundled model denoises 8x8 and draws 16x16 (its `upsample`), so the
-diffusers side enlarges its output the same way (genlab.image.data.enlarge, inside the timing).
+diffusers side enlarges its output the same way (genlab.data.digits.enlarge, inside the timing).
 The figures in docs/benchmarks.md come from this script.
 """
 
@@ -49,7 +49,7 @@ def main():
     import diffusers
 
     from genlab import ImageGenerator
-    from genlab.image.data import enlarge
+    from genlab.data.digits import enlarge
 
     gen = ImageGenerator()
     c = gen.config

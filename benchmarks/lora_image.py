@@ -31,7 +31,7 @@ def write_bold_digits(folder: Path) -> torch.Tensor:
     from scipy.ndimage import grey_dilation
 
     from genlab.image.canvas import to_pil
-    from genlab.image.data import digits
+    from genlab.data.digits import digits
 
     data = digits(16, "train")
     bold = torch.tensor(grey_dilation(data.x.numpy(), size=(1, 1, 3, 3)))
@@ -72,7 +72,7 @@ def main() -> None:
     subprocess.run(command, check=True, env=dict(os.environ, GENLAB_QUIET="1"))
     seconds = time.perf_counter() - start
     classifier = DigitClassifier.bundled()
-    from genlab.image.data import digits
+    from genlab.data.digits import digits
 
     real = digits(16, "train")
     rows = {"real digits": (real.x, real.labels), "bold digits (the training data)": (bold, real.labels)}

@@ -95,7 +95,7 @@ def exact_match(gen) -> tuple[float, list[dict]]:
 
 
 def held_out_loss(adapter: Path | None) -> float:
-    from genlab.train.lora_text import base_model, mean_loss, read_examples
+    from genlab.lora.train_text import base_model, mean_loss, read_examples
 
     model, tokenizer, _ = base_model("smollm2-135m-instruct")
     if adapter is not None:
@@ -119,8 +119,8 @@ def cost(mode: str, steps: int = 14, batch: int = 8) -> dict:
 
     import torch
 
-    from genlab.lora import lora_config
-    from genlab.train.lora_text import base_model, batch_of, read_examples
+    from genlab.lora.adapter import lora_config
+    from genlab.lora.train_text import base_model, batch_of, read_examples
 
     model, tokenizer, _ = base_model("smollm2-135m-instruct")
     if mode.startswith("lora"):

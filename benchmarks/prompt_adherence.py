@@ -4,7 +4,7 @@
 
 For each prompt set it generates one picture per prompt at the default settings and asks
 the checker whether the picture holds exactly what the prompt says (count, colours,
-shapes, sizes, side or relation). Prompt sets, all drawn from image/shapes.py:
+shapes, sizes, side or relation). Prompt sets, all drawn from data/shapes.py:
   - heldout-phrasing: sentence frames never seen in training (the issue's bar: >= 80% overall);
   - heldout-combo:    colour-shape pairs never seen in training (e.g. a purple triangle);
   - train:            training phrasings and combinations, fresh scenes (a reference).
@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from genlab.eval.shapes import adherence  # noqa: E402
 from genlab.image.canvas import to_pil  # noqa: E402
 from genlab.image.generator import ImageGenerator, guided  # noqa: E402
-from genlab.image.samplers import SAMPLERS, make_plan  # noqa: E402
-from genlab.image.shapes import KINDS, ShapesWorld  # noqa: E402
+from genlab.diffusion.samplers import SAMPLERS, make_plan  # noqa: E402
+from genlab.data.shapes import KINDS, ShapesWorld  # noqa: E402
 
 
 def prompt_set(split: str, n: int, seed: int = 1):

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from genlab.image.canvas import from_pil  # noqa: E402
 from genlab.image.generator import ImageGenerator  # noqa: E402
-from genlab.image.samplers import x0_and_eps  # noqa: E402
-from genlab.image.shapes import COLORS, RELATIONS, ShapesWorld, describe, place, render  # noqa: E402
+from genlab.diffusion.samplers import x0_and_eps  # noqa: E402
+from genlab.data.shapes import COLORS, RELATIONS, ShapesWorld, describe, place, render  # noqa: E402
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
         "left": "right", "right": "left", "top": "bottom", "bottom": "top"}

@@ -30,7 +30,7 @@ def best_of(fn, repeats):
 
 def bench_genlab(tokens, repeats, dtype):
     from genlab import TextGenerator
-    from genlab.text.decode import DecodeStats
+    from genlab.autoregressive.decode import DecodeStats
 
     t = time.perf_counter()
     gen = TextGenerator(dtype=dtype)

@@ -46,11 +46,11 @@ def outputs(names: list[str] | None = None) -> dict:
 
         out["shapes"] = _pixels(ImageGenerator("shapes").generate("a red circle above a blue square", seed=0))
     if want("digits-gan"):
-        from genlab.image.gan import Gan
+        from genlab.gan.model import Gan
 
         out["digits-gan"] = _pixels(_tensor_images(Gan.bundled().generate(torch.tensor([7, 3]), seed=0)))
     if want("digits-ar"):
-        from genlab.image.pixel_gpt import PixelGpt
+        from genlab.autoregressive.pixel_gpt import PixelGpt
 
         out["digits-ar"] = _pixels(_tensor_images(PixelGpt.bundled().generate(torch.tensor([7, 3]), seed=0)))
     if want("pydoc-gpt"):
@@ -62,7 +62,7 @@ def outputs(names: list[str] | None = None) -> dict:
         out["pydoc-gpt"] = {"sampled": [t.token_id for t in r.tokens], "greedy": [t.token_id for t in g.tokens]}
     if want("pydoc-mdlm"):
         from genlab.store import bundled_weights
-        from genlab.train.diffusion_lm import DiffusionLm
+        from genlab.diffusion.masked_lm import DiffusionLm
 
         lm = DiffusionLm.load(bundled_weights("pydoc-mdlm", "genlab train diffusion-lm"))
         *_, last = lm.unmask("The for statement", tokens=24, steps=24, temperature=1.0, seed=0)

@@ -59,7 +59,7 @@ def build_tiny_diffusion(folder: Path, class_names=("0", "1", "2"), resolution: 
     """A genlab diffusion model folder with random weights: small enough to sample in milliseconds."""
     import torch
 
-    from genlab.image.denoiser import DiffusionConfig, Denoiser, save_model
+    from genlab.diffusion.denoiser import DiffusionConfig, Denoiser, save_model
 
     torch.manual_seed(seed)
     config = DiffusionConfig(resolution=resolution, widths=(16, 32), attention_levels=(), class_names=list(class_names))
@@ -77,7 +77,7 @@ def build_tiny_text2image(folder: Path, seed: int = 0, layout: int = 0, classes:
     `layout` > 0 adds a prompt layout of that many channels, `classes` its class groups."""
     import torch
 
-    from genlab.image.text2image import TextToImage, TextToImageConfig, save_text2image
+    from genlab.diffusion.text2image import TextToImage, TextToImageConfig, save_text2image
 
     torch.manual_seed(seed)
     model = TextToImage(TextToImageConfig(vae_widths=(16, 16, 16), widths=(32, 32), heads=2, layout_channels=layout,

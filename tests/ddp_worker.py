@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from genlab.train.loop import Trainer, TrainConfig
+from genlab.training.loop import Trainer, TrainConfig
 
 out = Path(sys.argv[1])
 torch.manual_seed(0)

@@ -10,7 +10,7 @@ from PIL import Image
 from genlab.errors import GenlabError, check_number
 from genlab.image.canvas import save_pngs
 from genlab.image.generator import ImageRequest
-from genlab.text.sampling import SamplingParams
+from genlab.autoregressive.sampling import SamplingParams
 from test_cli import assert_one_line_error, run
 
 

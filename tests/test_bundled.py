@@ -19,7 +19,7 @@ def folder():
 
 
 def test_conversion_is_a_complete_hf_folder(folder):
-    from genlab.text.sources import count_parameters
+    from genlab.registry import count_parameters
 
     assert {"config.json", "model.safetensors", "tokenizer.json", "genlab-manifest.json"} <= {p.name for p in folder.iterdir()}
     assert count_parameters(folder) == 134_515_008  # SmolLM2-135M, tied embeddings counted once
@@ -28,9 +28,9 @@ def test_conversion_is_a_complete_hf_folder(folder):
 def test_greedy_tokens_identical_to_transformers_generate(folder):
     from transformers import AutoModelForCausalLM
 
-    from genlab.text.decode import decode
+    from genlab.autoregressive.decode import decode
     from genlab.text.engine import load_language_model
-    from genlab.text.sampling import SamplingParams
+    from genlab.autoregressive.sampling import SamplingParams
 
     lm = load_language_model(folder, device="cpu", dtype="float32")
     ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

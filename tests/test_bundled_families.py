@@ -8,8 +8,8 @@ import torch
 
 def test_gan_draws_the_digit_asked_for_and_varies():
     from genlab.eval.digits import DigitClassifier, accuracy, diversity
-    from genlab.image.data import digits
-    from genlab.image.gan import Gan
+    from genlab.data.digits import digits
+    from genlab.gan.model import Gan
 
     gan, clf = Gan.bundled(), DigitClassifier.bundled()
     labels = torch.arange(10).repeat_interleave(20)
@@ -22,8 +22,8 @@ def test_gan_draws_the_digit_asked_for_and_varies():
 
 
 def test_pixel_gpt_likelihood_is_what_training_reported():
-    from genlab.image.data import digits
-    from genlab.image.pixel_gpt import PixelGpt
+    from genlab.data.digits import digits
+    from genlab.autoregressive.pixel_gpt import PixelGpt
 
     gpt = PixelGpt.bundled()
     held = digits(8, "test")
@@ -35,7 +35,7 @@ def test_gpt_perplexity_is_what_training_reported():
     from genlab.nn.transformer import load_hf
     from genlab.store import weights_folder
     from genlab.text.generator import TextGenerator
-    from genlab.train.lm import perplexity, read_corpus, split
+    from genlab.autoregressive.train_lm import perplexity, read_corpus, split
 
     folder = weights_folder("pydoc-gpt")
     info = json.loads((folder / "genlab-train.json").read_text())
@@ -49,7 +49,7 @@ def test_gpt_perplexity_is_what_training_reported():
 
 def test_masked_diffusion_lm_loads_and_unmasks():
     from genlab.store import weights_folder
-    from genlab.train.diffusion_lm import MASK_GLYPH, DiffusionLm
+    from genlab.diffusion.masked_lm import MASK_GLYPH, DiffusionLm
 
     dlm = DiffusionLm.load(weights_folder("pydoc-mdlm"))
     text = dlm.generate("The for statement", tokens=24, steps=8, seed=0)

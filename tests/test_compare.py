@@ -51,9 +51,9 @@ def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monke
     """The full path at toy scale: each family trained from scratch into runs/, measured from there; a second
     compare resumes the finished runs instead of training again."""
     import genlab.cli.compare as compare_cli
-    import genlab.compare as compare
+    import genlab.compare.measure as compare
     import genlab.image.generator as generator
-    from genlab.train import options as o
+    from genlab.training import options as o
 
     tiny = {"steps": 3, "seed": 0, "checkpoint_every": 500, "sample_every": 0}
     monkeypatch.setitem(generator.DIGITS_OPTIONS, "steps", 3)
@@ -70,7 +70,7 @@ def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monke
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is False and results["samples"] == 20 and results["resumed"] == []
     rows = results["rows"]
-    for family in compare.FAMILIES:
+    for family in [c.key for c in compare.CONTENDERS]:
         model = tmp_path / "runs" / family / "model"
         assert model.is_dir() and (tmp_path / "runs" / family / "checkpoints").is_dir(), family
         assert rows[family]["train_seconds"] > 0, family  # measured in this run, not read from a bundled model
@@ -81,6 +81,6 @@ def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monke
     code, out, err = run(["compare", "--out", str(tmp_path)], capsys)
     assert code == 0, err
     again = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(again["resumed"]) == sorted(compare.FAMILIES)
-    for family in compare.FAMILIES:  # the finished runs were not trained again
+    assert sorted(again["resumed"]) == sorted(c.key for c in compare.CONTENDERS)
+    for family in [c.key for c in compare.CONTENDERS]:  # the finished runs were not trained again
         assert again["rows"][family]["train_seconds"] == rows[family]["train_seconds"], family

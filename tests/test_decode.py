@@ -1,6 +1,6 @@
 """Turning token steps into text: UTF-8 boundaries, stop strings, finish reasons."""
 
-from genlab.text.decode import TokenStep, detokenize
+from genlab.autoregressive.decode import TokenStep, detokenize
 from genlab.text.tokenizer import Tokenizer
 
 

@@ -4,9 +4,9 @@ import torch
 
 from genlab import ImageGenerator
 from genlab.eval.digits import DigitClassifier, accuracy, fid, real_floor
-from genlab.image.data import digits
+from genlab.data.digits import digits
 from genlab.image.generator import ImageRequest
-from genlab.image.samplers import SAMPLERS
+from genlab.diffusion.samplers import SAMPLERS
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():

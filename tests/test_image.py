@@ -168,7 +168,7 @@ def test_bad_mask_and_prompt_are_one_line(tiny_diffusion, tmp_path, capsys, monk
 
 
 def test_unet_dtype_shortcut_follows_casts(tiny_diffusion):
-    from genlab.image.denoiser import load_model
+    from genlab.diffusion.denoiser import load_model
 
     model = load_model(tiny_diffusion)
     assert model.unet.dtype == torch.float32

@@ -3,7 +3,7 @@
 import pytest
 
 from genlab.errors import GenlabError
-from genlab.image.shapes import parse
+from genlab.data.shapes import parse
 from genlab.llm_to_image import imagine, write_prompt
 
 

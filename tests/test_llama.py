@@ -6,8 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from genlab.text.engine import TransformersModel, load_language_model
 from genlab.nn.transformer import Transformer, UnsupportedArchitecture, load_hf, save_hf
-from genlab.text.decode import decode
-from genlab.text.sampling import SamplingParams
+from genlab.autoregressive.decode import decode
+from genlab.autoregressive.sampling import SamplingParams
 
 
 def reference(n_heads, n_kv, tie, layers=2, seed=0):
@@ -69,7 +69,7 @@ def test_bidirectional_mask_matches_transformers_with_is_causal_off(n_heads, n_k
 
 def test_a_training_step_lowers_the_loss_and_reaches_every_weight():
     """No inference_mode inside forward: gradients reach every parameter, and Adam steps on one fixed batch lower its loss."""
-    from genlab.train.lm import build_model, next_token_loss
+    from genlab.autoregressive.train_lm import build_model, next_token_loss
 
     torch.manual_seed(0)
     model = build_model(97, 32, 48, 2, 2)
@@ -89,7 +89,7 @@ def test_a_training_step_lowers_the_loss_and_reaches_every_weight():
 
 def test_a_trained_model_saves_a_folder_transformers_loads(tmp_path):
     """to_hf splits the fused matrices back under transformers' names: LlamaForCausalLM reads what genlab writes."""
-    from genlab.train.lm import build_model, next_token_loss
+    from genlab.autoregressive.train_lm import build_model, next_token_loss
 
     torch.manual_seed(0)
     model = build_model(97, 32, 48, 2, 2)

@@ -26,7 +26,7 @@ def text_adapter(tiny_model, tmp_path_factory):
     """A PEFT adapter for the tiny Llama, written by PEFT itself, with non-zero weights."""
     from transformers import AutoModelForCausalLM
 
-    from genlab.lora import lora_config
+    from genlab.lora.adapter import lora_config
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     model = peft.get_peft_model(base, lora_config(base, 4, 8.0, 0.0, "q_proj,v_proj,down_proj"))
@@ -37,11 +37,11 @@ def text_adapter(tiny_model, tmp_path_factory):
 
 
 def test_merge_matches_peft(text_adapter, tiny_model):
-    """W + (alpha/r) B A, written in genlab/lora.py, equals PEFT's merge_and_unload, and genlab's
+    """W + (alpha/r) B A, written in genlab/lora/adapter.py, equals PEFT's merge_and_unload, and genlab's
     engine with the adapter merged gives the logits of PEFT's unmerged model."""
     from safetensors.torch import load_file
 
-    from genlab.lora import Adapter, merge_into
+    from genlab.lora.adapter import Adapter, merge_into
     from genlab.text.generator import TextGenerator
 
     folder, model = text_adapter
@@ -64,7 +64,7 @@ def test_merge_matches_peft(text_adapter, tiny_model):
 
 def test_chat_loss_falls_only_on_replies(tiny_model, tmp_path):
     from genlab.text.tokenizer import Tokenizer
-    from genlab.train.lora_text import IGNORE, read_examples
+    from genlab.lora.train_text import IGNORE, read_examples
 
     data = tmp_path / "chat.jsonl"
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Velmora?"},
@@ -186,7 +186,7 @@ def test_adapter_for_another_base_is_refused(text_adapter, tiny_model, tmp_path,
 
 @pytest.fixture(scope="module")
 def tiny_attention_diffusion(tmp_path_factory):
-    from genlab.image.denoiser import DiffusionConfig, Denoiser, save_model
+    from genlab.diffusion.denoiser import DiffusionConfig, Denoiser, save_model
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny") / "attn-diffusion"
@@ -196,9 +196,9 @@ def tiny_attention_diffusion(tmp_path_factory):
 
 
 def test_image_merge_matches_peft_for_linear_and_conv_layers(tiny_attention_diffusion, tmp_path):
-    from genlab.image.denoiser import load_model
+    from genlab.diffusion.denoiser import load_model
     from genlab.image.generator import ImageGenerator
-    from genlab.lora import lora_config
+    from genlab.lora.adapter import lora_config
 
     model = load_model(tiny_attention_diffusion)
     config = lora_config(model.unet, 2, 4.0, 0.0, "all-linear,conv1,conv2")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.image.samplers import SAMPLERS, make_plan, model_calls
-from genlab.image.schedules import NoiseSchedule
+from genlab.diffusion.samplers import SAMPLERS, make_plan, model_calls
+from genlab.diffusion.schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -93,7 +93,7 @@ def test_sampler_matches_diffusers(name, schedule_name, steps, prediction, eta):
 
 @pytest.mark.parametrize("name,steps", [("euler", 10), ("heun", 8)])
 def test_rectified_flow_matches_diffusers_flow_match_schedulers(name, steps):
-    from genlab.image.schedules import FlowSchedule
+    from genlab.diffusion.schedules import FlowSchedule
 
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     cls = diffusers.FlowMatchEulerDiscreteScheduler if name == "euler" else diffusers.FlowMatchHeunDiscreteScheduler
@@ -110,7 +110,7 @@ def test_rectified_flow_matches_diffusers_flow_match_schedulers(name, steps):
 
 
 def test_rectified_flow_only_with_ode_samplers():
-    from genlab.image.schedules import FlowSchedule
+    from genlab.diffusion.schedules import FlowSchedule
 
     with pytest.raises(GenlabError, match="a rectified-flow model samples with euler or heun, not 'ddim'"):
         make_plan("ddim", FlowSchedule(), 10)

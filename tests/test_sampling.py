@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.text.sampling import (SamplingParams, filtered_logits, min_p_filter, next_token, repetition_penalty,
+from genlab.autoregressive.sampling import (SamplingParams, filtered_logits, min_p_filter, next_token, repetition_penalty,
                                   top_k_filter, top_p_filter)
 
 

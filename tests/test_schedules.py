@@ -4,7 +4,7 @@ import diffusers
 import pytest
 import torch
 
-from genlab.image.schedules import NoiseSchedule
+from genlab.diffusion.schedules import NoiseSchedule
 
 
 @pytest.mark.parametrize("name,ours,theirs", [

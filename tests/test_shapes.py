@@ -1,4 +1,4 @@
-"""The shapes world (image/shapes.py) and its pixel checker (eval/shapes.py)."""
+"""The shapes world (data/shapes.py) and its pixel checker (eval/shapes.py)."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import pytest
 
 from genlab.errors import GenlabError
 from genlab.eval.shapes import detect, satisfies
-from genlab.image.shapes import COLORS, HELDOUT_COMBOS, RELATIONS, SIDES, ShapesWorld, Spec, Want, coverage, parse, render
+from genlab.data.shapes import COLORS, HELDOUT_COMBOS, RELATIONS, SIDES, ShapesWorld, Spec, Want, coverage, parse, render
 
 SPLITS = ["train", "heldout-phrasing", "heldout-combo"]
 

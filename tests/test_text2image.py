@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.image import autoencoder
+from genlab.diffusion import autoencoder
 from genlab.image.generator import ImageGenerator, ImageRequest
-from genlab.image.text2image import is_text2image
-from genlab.image.text_encoder import TextEncoder
+from genlab.registry import kind_of
+from genlab.diffusion.text_encoder import TextEncoder
 
 @pytest.fixture(scope="module")
 def encoder():
@@ -60,7 +60,7 @@ def test_vae_shrinks_each_side_by_four():
 
 
 def test_folder_is_recognised_and_generates_reproducibly(tiny_t2i):
-    assert is_text2image(tiny_t2i)
+    assert kind_of(tiny_t2i).name == "text2image"
     gen = ImageGenerator(str(tiny_t2i))
     a = gen.generate("a red circle", steps=3, seed=1, n=2)
     b = gen.generate("a red circle", steps=3, seed=1, n=2)
@@ -134,7 +134,7 @@ def tiny_layout_t2i(tmp_path_factory):
 def test_prompt_layout_is_saved_loaded_and_read_by_the_unet(tiny_layout_t2i):
     """The layout's map: one answer per latent position, different for different prompts; it
     is saved with the folder, loads back bit for bit, and the UNet's output depends on it."""
-    from genlab.image.text2image import load_text2image
+    from genlab.diffusion.text2image import load_text2image
 
     model = load_text2image(tiny_layout_t2i)
     assert model.unet.config.in_channels == 4 + 3 and (tiny_layout_t2i / "layout" / "model.safetensors").is_file()
@@ -160,7 +160,7 @@ def test_semantic_layout_gives_the_unet_one_distribution_per_class_group(tmp_pat
     that sum to 1 at every position; the folder loads back bit for bit."""
     from conftest import build_tiny_text2image
 
-    from genlab.image.text2image import load_text2image
+    from genlab.diffusion.text2image import load_text2image
 
     folder = build_tiny_text2image(tmp_path / "semantic", layout=4, classes=(7, 4, 3))
     model = load_text2image(folder)
@@ -180,7 +180,7 @@ def test_semantic_layout_gives_the_unet_one_distribution_per_class_group(tmp_pat
 def test_a_damaged_layout_file_is_a_clear_error(tiny_layout_t2i, tmp_path):
     import shutil
 
-    from genlab.image.text2image import load_text2image
+    from genlab.diffusion.text2image import load_text2image
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_layout_t2i, broken)
@@ -224,7 +224,7 @@ def test_bundled_shapes_model_draws_what_it_is_asked(tmp_path):
     """The bundled model through the checker: single coloured shapes come out right (the
     full adherence figures are in docs/benchmarks.md, from benchmarks/prompt_adherence.py)."""
     from genlab.eval.shapes import detect, satisfies
-    from genlab.image.shapes import parse
+    from genlab.data.shapes import parse
 
     gen = ImageGenerator("shapes")
     prompts = ["a red circle", "a blue square", "a yellow triangle", "a green circle", "a purple square", "an orange triangle"]

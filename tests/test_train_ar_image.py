@@ -12,15 +12,15 @@ TINY = ["train", "ar-image", "--width", "32", "--layers", "1", "--heads", "2", "
 
 
 def tiny_gpt(seed: int = 0):
-    from genlab.image.pixel_gpt import PixelGpt, build_model
+    from genlab.autoregressive.pixel_gpt import PixelGpt, build_model
 
     torch.manual_seed(seed)
     return PixelGpt(build_model(17, 10, 8, 32, 1, 2).eval(), 17, 8, [str(i) for i in range(10)])
 
 
 def test_digits_quantise_losslessly():
-    from genlab.image.data import digits
-    from genlab.image.pixel_gpt import dequantise, quantise
+    from genlab.data.digits import digits
+    from genlab.autoregressive.pixel_gpt import dequantise, quantise
 
     from sklearn.datasets import load_digits
 
@@ -33,7 +33,7 @@ def test_digits_quantise_losslessly():
 def test_cached_sampling_matches_the_full_forward_and_the_likelihood():
     """Each cached one-token step must give the logits a full forward pass gives, and the
     image's bits/dim must be the mean -log2 of the probabilities it was drawn with."""
-    from genlab.text.sampling import SamplingParams
+    from genlab.autoregressive.sampling import SamplingParams
 
     gpt = tiny_gpt()
     labels = torch.tensor([3, 7])
@@ -60,7 +60,7 @@ def test_same_seed_same_images():
 def test_trains_beats_uniform_and_resumes_bit_for_bit(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from genlab.image.pixel_gpt import PixelGpt
+    from genlab.autoregressive.pixel_gpt import PixelGpt
 
     code, _, err = run(TINY + ["--steps", "60", "--lr", "1e-2", "--checkpoint-every", "30", "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
@@ -81,7 +81,7 @@ def test_bad_input(tmp_path, capsys):
     from PIL import Image
 
     from genlab.errors import GenlabError
-    from genlab.image.pixel_gpt import PixelGpt
+    from genlab.autoregressive.pixel_gpt import PixelGpt
 
     code, _, err = run(TINY + ["--levels", "1", "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "--levels must be between 2 and 256")

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from genlab.errors import GenlabError
-from genlab.image.data import digits, load_images
-from genlab.image.denoiser import DiffusionConfig
-from genlab.train.diffusion import DiffusionRun
-from genlab.train.options import DiffusionOptions
+from genlab.data.digits import digits, load_images
+from genlab.diffusion.denoiser import DiffusionConfig
+from genlab.diffusion.train import DiffusionRun
+from genlab.training.options import DiffusionOptions
 from test_cli import assert_one_line_error, run
 
 TINY = {"resolution": 8, "widths": (16, 32), "attention_levels": ()}  # a small UNet on the 8x8 digits
@@ -110,7 +110,7 @@ def test_bad_train_input_is_one_line(tmp_path, args, fragment, capsys):
 
 
 def test_rectified_flow_trains_and_samples(tmp_path, capsys):
-    from genlab.image.schedules import FlowSchedule
+    from genlab.diffusion.schedules import FlowSchedule
 
     x0, eps, t = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.tensor([0.25, 1.0])
     assert torch.equal(FlowSchedule().add_noise(x0, eps, t)[:, 0, 0, 0], torch.tensor([0.75, 0.0]))

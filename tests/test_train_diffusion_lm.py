@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from genlab.errors import GenlabError
-from genlab.train import diffusion_lm as dlm
-from genlab.train.lm import build_model, read_corpus, split
-from genlab.train.options import DiffusionLmOptions
+from genlab.diffusion import masked_lm as dlm
+from genlab.autoregressive.train_lm import build_model, read_corpus, split
+from genlab.training.options import DiffusionLmOptions
 from test_cli import assert_one_line_error, run
 
 TINY = DiffusionLmOptions(data="pydoc", vocab_size=512, context=32, width=64, layers=2, heads=2, steps=100, batch_size=16,

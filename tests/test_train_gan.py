@@ -13,8 +13,8 @@ TINY = ["train", "gan", "--width", "8", "--latent", "8", "--batch-size", "16", "
 @pytest.mark.parametrize("loss", ["hinge", "non-saturating"])
 def test_each_turn_trains_only_its_own_player(loss):
     """D's loss must give gradients to D alone and G's loss to G alone; G's turn sees the updated D."""
-    from genlab.image.gan import Gan, GanConfig
-    from genlab.train.gan import gan_step
+    from genlab.gan.model import Gan, GanConfig
+    from genlab.gan.train import gan_step
 
     torch.manual_seed(0)
     gan = Gan(GanConfig(resolution=8, latent=8, width=8, class_names=list("abc"), loss=loss))
@@ -60,7 +60,7 @@ def test_trains_saves_resumes_bit_for_bit(tmp_path, capsys):
 
     from safetensors.torch import load_file
 
-    from genlab.image.gan import Gan
+    from genlab.gan.model import Gan
 
     code, _, err = run(TINY + ["--steps", "8", "--checkpoint-every", "4", "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
@@ -84,7 +84,7 @@ def test_trains_saves_resumes_bit_for_bit(tmp_path, capsys):
 
 def test_bad_input(tmp_path, capsys):
     from genlab.errors import GenlabError
-    from genlab.image.gan import Gan
+    from genlab.gan.model import Gan
 
     code, _, err = run(TINY + ["--resolution", "12", "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "power of two >= 8, got 12")
@@ -142,7 +142,7 @@ def test_out_must_be_a_writable_folder(tmp_path, capsys):
 def test_options_are_a_dataclass_that_names_fields():
     """Python callers see field names, never flags; unknown keys are an error."""
     from genlab.errors import GenlabError
-    from genlab.train.options import GanOptions
+    from genlab.training.options import GanOptions
 
     with pytest.raises(GenlabError, match=r"^steps must be at least 1, got 0$"):
         GanOptions(steps=0)

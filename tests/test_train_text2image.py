@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from genlab.image.generator import ImageGenerator
-from genlab.image.text2image import is_text2image
+from genlab.registry import kind_of
 from test_cli import assert_one_line_error, run
 
 VAE = ["--batch-size", "4", "--checkpoint-every", "2", "--sample-every", "0"]
@@ -27,7 +27,7 @@ def test_vae_then_text2image_then_image(tmp_path, capsys):
     code, _, err = run(["train", "text2image", "--vae", str(vae), "--out", str(t2i), "--steps", "2", "--sample-every", "2"]
                        + T2I[:4] + ["--layout", "8", "--layout-warmup", "3"], capsys)
     assert code == 0, err
-    assert is_text2image(t2i / "model") and (t2i / "samples" / "step-0000002.png").is_file()
+    assert kind_of(t2i / "model").name == "text2image" and (t2i / "samples" / "step-0000002.png").is_file()
     assert (t2i / "model" / "layout" / "model.safetensors").is_file()
     assert json.loads((t2i / "model" / "genlab.json").read_text())["layout_classes"] == [7, 4, 3]  # semantic by default
     [img] = ImageGenerator(str(t2i)).generate("a red circle above a blue square", steps=2, seed=0)
@@ -77,8 +77,8 @@ def test_text2image_layout_warmup_must_not_be_negative(tmp_path, capsys):
 
 def _layout_run(tmp_path, capsys, layout: int, classes: bool):
     """A new layout run (60 warm-up steps) on a one-step VAE, its pool of 32 pictures encoded."""
-    from genlab.train.options import Text2ImageOptions
-    from genlab.train.text2image import Text2ImageRun
+    from genlab.training.options import Text2ImageOptions
+    from genlab.diffusion.train_text2image import Text2ImageRun
 
     vae = tmp_path / "vae"
     assert run(["train", "vae", "--out", str(vae), "--steps", "1"] + VAE, capsys)[0] == 0
@@ -110,8 +110,8 @@ def test_layout_warmup_teaches_the_guess_before_the_unet_moves(tmp_path, capsys)
 def test_class_maps_say_what_covers_each_latent_position():
     """Each group is a distribution per cell; the cell under an object's centre is mostly that
     object's colour, shape and size, and a corner far from every object is "nothing"."""
-    from genlab.image.shapes import ShapesWorld
-    from genlab.train.text2image import LAYOUT_CLASSES, class_maps
+    from genlab.data.shapes import ShapesWorld
+    from genlab.diffusion.train_text2image import LAYOUT_CLASSES, class_maps
 
     world = ShapesWorld("train", 0)
     for i in range(50):
@@ -133,7 +133,7 @@ def test_class_maps_say_what_covers_each_latent_position():
 def test_semantic_layout_warmup_teaches_the_class_maps(tmp_path, capsys):
     """With --layout-classes the pool carries the class maps and the warm-up lowers the layout's
     cross-entropy against them."""
-    from genlab.train.text2image import layout_loss
+    from genlab.diffusion.train_text2image import layout_loss
 
     r = _layout_run(tmp_path, capsys, layout=4, classes=True)
     assert r.pool.classes.shape == (32, 14, 8, 8) and r.model.unet.config.in_channels == 4 + 4 + 14

@@ -22,7 +22,7 @@ def __getattr__(name):  # import torch and the models only when they are used
 
         return TextGenerator
     if name == "SamplingParams":
-        from genlab.text.sampling import SamplingParams
+        from genlab.autoregressive.sampling import SamplingParams
 
         return SamplingParams
     if name == "ImageGenerator":

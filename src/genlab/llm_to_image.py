@@ -5,7 +5,7 @@
     result.prompt, result.image          # "a red circle above a green circle", a PIL image
 
 1. The bundled LLM gets few-shot instructions (IDEAS below) and turns a free-form idea
-   into a description in the shapes model's vocabulary (image/shapes.py).
+   into a description in the shapes model's vocabulary (data/shapes.py).
 2. shapes.parse validates it (keeping the first two shapes of a longer answer). An answer that names nothing drawable gets a second try,
    sampled at temperature 0.7; if that fails too, imagine says so in one line instead of
    drawing noise from an off-vocabulary prompt.
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import GenlabError
-from .image.shapes import COLORS, SHAPES, Spec, describe, parse
+from .data.shapes import COLORS, SHAPES, Spec, describe, parse
 
 INSTRUCTIONS = (
     "You turn an idea into a picture made of at most two simple shapes. Use only these words: "

@@ -28,8 +28,8 @@ def compare(
 
     Example: genlab compare --quick --out compare && open compare/report.html
     """
-    from genlab.compare import Models, measure, stages
-    from genlab.report import write
+    from genlab.compare.measure import Models, measure, stages
+    from genlab.compare.report import write
     from genlab.store import writable_folder
 
     writable_folder(out, "--out")
@@ -45,36 +45,28 @@ def compare(
 
 def retrain_options() -> dict:
     """Each family's options: its command's defaults (the diffusion model's those of the bundled digits model), no samples."""
-    from genlab.image.generator import DIGITS_OPTIONS
-    from genlab.train import options as o
+    from genlab.compare.measure import CONTENDERS
 
     every = {"checkpoint_every": 500, "sample_every": 0}
-    return {"gan": o.GanOptions(**every), "ar-image": o.ArImageOptions(**every),
-            "diffusion": o.DiffusionOptions(**DIGITS_OPTIONS, **every), "lm": o.LmOptions(**every),
-            "diffusion-lm": o.DiffusionLmOptions(**every)}
+    return {c.key: c.options(every) for c in CONTENDERS}
 
 
 def retrain(runs: Path):
     """Train each family with its command's defaults into runs/<family>; an interrupted compare resumes each run."""
     from genlab.cli.train import train
-    from genlab.compare import Models
-    from genlab.train.ar_image import ArImageRun
-    from genlab.train.diffusion import DiffusionRun
-    from genlab.train.diffusion_lm import DiffusionLmRun
-    from genlab.train.gan import GanRun
-    from genlab.train.lm import LmRun
-    from genlab.train.loop import Trainer
+    from genlab.compare.measure import CONTENDERS, Models
+    from genlab.training.loop import Trainer
 
-    classes = {"gan": GanRun, "ar-image": ArImageRun, "diffusion": DiffusionRun, "lm": LmRun, "diffusion-lm": DiffusionLmRun}
     folders, seconds, resumed = {}, {}, []
-    for family, options in retrain_options().items():
-        out, run_class = runs / family, classes[family]
+    options = retrain_options()
+    for c in CONTENDERS:
+        out, run_class = runs / c.key, c.run()
         resuming = Trainer.latest(out / "checkpoints") is not None
-        run = run_class.resume(out) if resuming else run_class.create(out, options)
+        run = run_class.resume(out) if resuming else run_class.create(out, options[c.key])
         if resuming:
-            resumed.append(family)
-        console.print(f"[{family}] " + ("resuming" if resuming else "training") + f" in {out}, step {run.trainer.step} "
+            resumed.append(c.key)
+        console.print(f"[{c.key}] " + ("resuming" if resuming else "training") + f" in {out}, step {run.trainer.step} "
                       f"of {run.trainer.config.steps}")
         train(run)
-        folders[family], seconds[family] = out / "model", run.trainer.seconds
+        folders[c.key], seconds[c.key] = out / "model", run.trainer.seconds
     return Models(folders, seconds, resumed)

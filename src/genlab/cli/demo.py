@@ -28,7 +28,7 @@ def demo(
     console.rule("[bold]genlab demo: text")
     gen = _generator(model, device, "auto")
     console.print(f"[bold]{DEMO_PROMPT}[/]")
-    from genlab.text.decode import DecodeStats
+    from genlab.autoregressive.decode import DecodeStats
 
     stats = DecodeStats()
     for piece in gen.stream(DEMO_PROMPT, params=_sampling(max_new_tokens=max_new_tokens, temperature=0.0), stats=stats):

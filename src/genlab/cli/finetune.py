@@ -10,7 +10,7 @@ import typer
 from genlab.cli import app
 from genlab.cli.train import Resume, options_command, start, train
 from genlab.progress import console
-from genlab.train import options as opts
+from genlab.training import options as opts
 
 finetune_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model with LoRA adapters (the base stays frozen).")
 app.add_typer(finetune_app, name="finetune")
@@ -28,7 +28,7 @@ def finetune_text(
     Example: genlab finetune text --data examples/velmora/train.jsonl --eval examples/velmora/heldout.jsonl --out runs/velmora
     Then:    genlab text "Where is Velmora?" --adapter runs/velmora/adapter
     """
-    from genlab.train.lora_text import TextLoraRun
+    from genlab.lora.train_text import TextLoraRun
 
     run = start(TextLoraRun, out, resume, given)
     _describe(run, f"{len(run.examples)} examples from {run.options.data}")
@@ -51,7 +51,7 @@ def finetune_image(
     Example: genlab finetune image --data runs/bold-digits --model digits --targets all-linear,conv1,conv2 --out runs/bold
     Then:    genlab image "7" --adapter runs/bold/adapter
     """
-    from genlab.train.lora_image import ImageLoraRun
+    from genlab.lora.train_image import ImageLoraRun
 
     run = start(ImageLoraRun, out, resume, given)
     _describe(run, f"{len(run.data.x)} images from {run.options.data}", run.model.unet)
@@ -86,7 +86,7 @@ def merge(
     from safetensors.torch import save_file
 
     from genlab.errors import check
-    from genlab.lora import Adapter, merge_into
+    from genlab.lora.adapter import Adapter, merge_into
     from genlab.store import atomic_dir, check_writable, load_weights, writing
     from genlab.text.sources import resolve
 

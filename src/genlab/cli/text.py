@@ -38,7 +38,7 @@ def _generator(model: str, device: str, dtype: str, adapter: str | None = None):
 
 
 def _sampling(**kw):
-    from genlab.text.sampling import SamplingParams
+    from genlab.autoregressive.sampling import SamplingParams
 
     kw["stop"] = list(kw.get("stop") or [])
     return SamplingParams(**kw)
@@ -81,14 +81,14 @@ def text(
                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0)
     gen = _generator(model, device, dtype, adapter)
     if gen.unmasker:  # a masked-diffusion LM: a block of tokens, no per-token logprobs
-        from genlab.text.unmasking import DEFAULT_TOKENS
+        from genlab.diffusion.unmasking import DEFAULT_TOKENS
 
         params = dataclasses.replace(params, max_new_tokens=DEFAULT_TOKENS if max_new_tokens is None else max_new_tokens, top_logprobs=0)
     if as_json:
         result = gen.complete(prompt, params=params, system=system, raw=raw, steps=steps)
         print(json.dumps(generation_json(gen, result), ensure_ascii=False, indent=1))
         return
-    from genlab.text.decode import DecodeStats
+    from genlab.autoregressive.decode import DecodeStats
 
     stats = DecodeStats()
     with _unfolding(gen) as on_frame:
@@ -164,7 +164,7 @@ def chat(
     if system:
         check_text("--system", system)
     gen = _generator(model, device, dtype, adapter)
-    from genlab.text.decode import DecodeStats
+    from genlab.autoregressive.decode import DecodeStats
 
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)

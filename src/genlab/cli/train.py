@@ -1,7 +1,7 @@
-"""genlab train ...: each command's flags are its trainer's options dataclass (train/options.py).
+"""genlab train ...: each command's flags are its trainer's options dataclass (training/options.py).
 
 The dataclass holds every default and help text; `options_command` turns its fields into
-flags, so the CLI only maps flags onto options, runs `fit` (train/run.py) and prints.
+flags, so the CLI only maps flags onto options, runs `fit` (training/run.py) and prints.
 Library errors name option fields ("steps must be at least 1"); `as_flags` shows them as
 the flags a user typed ("--steps must be at least 1").
 """
@@ -19,7 +19,7 @@ import typer
 from genlab.cli import train_app
 from genlab.errors import GenlabError
 from genlab.progress import console, step_progress
-from genlab.train import options as opts
+from genlab.training import options as opts
 
 Resume = Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit, with the options it "
                                            "was saved with. Options given again must match, except --steps (a larger "
@@ -80,7 +80,7 @@ def where(run) -> str:
 
 def train(run) -> None:
     """fit(run) behind a progress bar: the smoothed loss, speed and learning rate."""
-    from genlab.train.run import fit
+    from genlab.training.run import fit
 
     smooth = None
     with step_progress("training", run.trainer.config.steps, start=run.trainer.step) as update:
@@ -101,7 +101,7 @@ def diffusion(
     Example: genlab train diffusion --data digits --steps 4000 --out runs/digits
     Then:    genlab image "a handwritten 7" --model runs/digits
     """
-    from genlab.train.diffusion import DiffusionRun
+    from genlab.diffusion.train import DiffusionRun
 
     run = start(DiffusionRun, out, resume, given)
     c, n = run.model.config, sum(p.numel() for p in run.model.parameters())
@@ -123,7 +123,7 @@ def vae(
 
     Step 1 of 2. Then: genlab train text2image --vae runs/shapes-vae
     """
-    from genlab.train.text2image import VaeRun
+    from genlab.diffusion.train_text2image import VaeRun
 
     run = start(VaeRun, out, resume, given)
     console.print(f"the shapes VAE ({sum(p.numel() for p in run.vae.parameters()) / 1e6:.2f}M parameters) · {where(run)}")
@@ -142,7 +142,7 @@ def text2image(
 
     Step 2 of 2, after genlab train vae. Then: genlab image "a red circle above a blue square" --model runs/shapes
     """
-    from genlab.train.text2image import Text2ImageRun
+    from genlab.diffusion.train_text2image import Text2ImageRun
 
     run = start(Text2ImageRun, out, resume, given)
     n = sum(p.numel() for p in run.model.denoiser().parameters())
@@ -172,7 +172,7 @@ def gan(
 
     Example: genlab train gan --out runs/gan
     """
-    from genlab.train.gan import GanRun
+    from genlab.gan.train import GanRun
 
     run = start(GanRun, out, resume, given)
     g, d = (sum(p.numel() for p in net.parameters()) for net in (run.gan.generator, run.gan.discriminator))
@@ -196,7 +196,7 @@ def ar_image(
 
     Example: genlab train ar-image --out runs/ar-image
     """
-    from genlab.train.ar_image import ArImageRun
+    from genlab.autoregressive.train_pixel_gpt import ArImageRun
 
     run = start(ArImageRun, out, resume, given)
     n, gpt = sum(p.numel() for p in run.gpt.model.parameters()), run.gpt
@@ -218,7 +218,7 @@ def lm(
     Example: genlab train lm --data pydoc --steps 500 --out runs/lm
     Then:    genlab text "The for statement" --model runs/lm/model --raw
     """
-    from genlab.train.lm import LmRun
+    from genlab.autoregressive.train_lm import LmRun
 
     run = start(LmRun, out, resume, given)
     n = sum(p.numel() for p in run.model.parameters())
@@ -232,7 +232,7 @@ def lm(
 @options_command("diffusion-lm", opts.DiffusionLmOptions)
 def diffusion_lm(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (load it with "
-                                           "genlab.train.diffusion_lm.DiffusionLm.load).")] = Path("runs/diffusion-lm"),
+                                           "genlab.diffusion.masked_lm.DiffusionLm.load).")] = Path("runs/diffusion-lm"),
     resume: Resume = False,
     given: dict = None,
 ):
@@ -244,7 +244,7 @@ def diffusion_lm(
     Example: genlab train diffusion-lm --data pydoc --out runs/diffusion-lm
     It reports a held-out perplexity bound, comparable with `genlab train lm`'s held-out perplexity.
     """
-    from genlab.train.diffusion_lm import DiffusionLmRun
+    from genlab.diffusion.masked_lm import DiffusionLmRun
 
     run = start(DiffusionLmRun, out, resume, given)
     n = sum(p.numel() for p in run.model.parameters())

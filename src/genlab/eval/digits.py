@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..image.data import digits
+from ..data.digits import digits
 
 
 # FID estimated from N samples is biased by roughly (feature dim)^2 / N: 32 features keep it

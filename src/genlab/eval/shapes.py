@@ -20,7 +20,7 @@ from itertools import permutations
 
 import numpy as np
 
-from ..image.shapes import COLORS, SIZE, Spec, Want, described, relation_holds
+from ..data.shapes import COLORS, SIZE, Spec, Want, described, relation_holds
 
 BRIGHT = 100  # a pixel whose brightest channel is below this is background
 SQUARE_FILL = 0.9  # a region filling more of its bounding box than this is a square

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import check
-from .denoiser import parse_prompt
-from .samplers import SampleStep
+from ..diffusion.denoiser import parse_prompt
+from ..diffusion.samplers import SampleStep
 
 
 class Drawer:
@@ -83,7 +83,7 @@ class PixelDrawer(Drawer):
         self.steps = gpt.side * gpt.side
 
     def stream(self, request) -> Iterator[SampleStep]:
-        from ..text.sampling import SamplingParams
+        from ..autoregressive.sampling import SamplingParams
 
         labels = torch.full((request.n,), self.condition(request.prompt), dtype=torch.long)
         blank = torch.zeros(request.n, *self.pixel_shape)  # mid-grey: nothing drawn yet
@@ -98,9 +98,9 @@ class PixelDrawer(Drawer):
 def load_drawer(kind: str, folder) -> Drawer:
     """The GAN or pixel GPT in `folder`, ready to draw."""
     if kind == "gan":
-        from .gan import Gan
+        from ..gan.model import Gan
 
         return GanDrawer(Gan.load(folder))
-    from .pixel_gpt import PixelGpt
+    from ..autoregressive.pixel_gpt import PixelGpt
 
     return PixelDrawer(PixelGpt.load(folder))

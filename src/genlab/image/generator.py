@@ -17,15 +17,14 @@ import dataclasses
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
 from ..errors import check
 from .canvas import open_image, read_image, read_mask, to_pil
-from .denoiser import parse_prompt  # noqa: F401  (part of this module's API)
+from ..diffusion.denoiser import parse_prompt  # noqa: F401  (part of this module's API)
 from .request import ImageRequest, ImageResult, frame_indices  # noqa: F401  (ImageRequest is part of this module's API)
-from .samplers import SAMPLERS, SampleStep, make_plan
+from ..diffusion.samplers import SAMPLERS, SampleStep, make_plan
 
 # How the bundled digits model was trained: `genlab train diffusion`'s options that differ from its defaults
 DIGITS_OPTIONS = {"resolution": 8, "upsample": 2, "steps": 7000}
@@ -36,8 +35,8 @@ TRAIN_COMMANDS = {"digits": " ".join(["genlab train diffusion"] + [f"--{k} {v}" 
 def pick_model(prompt: str) -> str:
     """The bundled model `genlab image` uses without --model: digits for a prompt that names a
     digit ("7", "seven", "a handwritten 7") and no shape, the shapes text-to-image model otherwise."""
-    from .data import DIGIT_WORDS
-    from .shapes import SHAPES
+    from ..data.digits import DIGIT_WORDS
+    from ..data.shapes import SHAPES
 
     words = set(re.findall(r"[a-z0-9]+", prompt.lower()))
     names_shape = any(s in words or s + "s" in words for s in SHAPES)
@@ -66,13 +65,13 @@ class ImageGenerator:
         check(dtype in ("auto", "float32", "float16", "bfloat16"), f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
         # auto: float16 on a GPU, float32 on a CPU (where float16 convolutions are slow)
         self.dtype = getattr(torch, dtype) if dtype != "auto" else torch.float16 if self.device.type == "cuda" else torch.float32
-        from .text2image import load_text2image
+        from ..diffusion.text2image import load_text2image
 
         if self.kind.name == "text2image":  # genlab's latent text-to-image model (a diffusers folder too, minus the text encoder)
             self.pipeline = None
             self._use(load_text2image(folder, self.device, self.dtype))
         elif self.kind.name == "diffusers-pipeline":
-            from .diffusers_pipeline import DiffusersPipeline
+            from ..diffusion.diffusers_pipeline import DiffusersPipeline
 
             self.pipeline, self.model = DiffusersPipeline(folder, self.device, self.dtype), None
         elif self.kind.name in ("gan", "ar-image"):  # no denoising: drawers.py gives them the same stream of steps
@@ -81,7 +80,7 @@ class ImageGenerator:
             self.pipeline, self.model, self.config = None, None, None
             self.drawer = load_drawer(self.kind.name, folder)
         else:
-            from .denoiser import load_model
+            from ..diffusion.denoiser import load_model
 
             self.pipeline = None
             self._use(load_model(folder, self.device, self.dtype))
@@ -89,16 +88,9 @@ class ImageGenerator:
             self._merge(spec, adapter, adapter_scale)
         self.load_s = time.perf_counter() - start
 
-    @staticmethod
-    def folder_of(spec: str) -> Path:
-        """The folder behind --model: a bundled name, a model folder, or the --out folder of a training run."""
-        from ..registry import locate
-
-        return locate(spec, "image").path
-
     def _merge(self, spec: str, folder: str, scale: float) -> None:
-        """LoRA: W + scale (alpha/r) B A in every adapted layer of the UNet (genlab/lora.py)."""
-        from ..lora import Adapter, merge_into
+        """LoRA: W + scale (alpha/r) B A in every adapted layer of the UNet (genlab/lora/adapter.py)."""
+        from ..lora.adapter import Adapter, merge_into
 
         check(self.pipeline is None, "--adapter works with genlab's own models; a diffusers pipeline loads LoRA itself")
         check(self.drawer is None, f"--adapter tunes a diffusion UNet; {spec!r} is a {self.kind.title}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import check, check_number, check_text
-from .samplers import check_sampler
+from ..diffusion.samplers import check_sampler
 
 MAX_IMAGES = 64  # per request: a grid of 64 already takes minutes on a CPU
 MAX_GUIDANCE = 100  # far past where pictures saturate; infinity would draw black

@@ -198,7 +198,7 @@ def _model_cards(models: Models) -> list[dict]:
         card = {"id": name, "object": "model", "created": models.created, "owned_by": "genlab", "kind": "image",
                 "ready": gen is not None, **_registry_card(spec)}
         if gen is not None and gen.pixel_shape is not None:
-            from genlab.image.samplers import SAMPLERS
+            from genlab.diffusion.samplers import SAMPLERS
 
             channels, height, width = gen.pixel_shape
             card.update(size=f"{width}x{height}", samplers=[gen.default_sampler] if gen.drawer else list(SAMPLERS),

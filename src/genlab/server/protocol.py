@@ -17,7 +17,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genlab.errors import GenlabError, check
-from genlab.text.decode import TokenStep
+from genlab.autoregressive.decode import TokenStep
 
 
 class Strict(BaseModel):

@@ -19,8 +19,8 @@ from genlab.errors import check
 from genlab.server.admission import DONE, error_event, event_stream, in_thread, sse
 from genlab.server.protocol import (ChatRequest, CompletionRequest, chat_logprobs, completion_logprobs, new_id, now,
                                     usage)
-from genlab.text.decode import DecodeStats
-from genlab.text.sampling import SamplingParams
+from genlab.autoregressive.decode import DecodeStats
+from genlab.autoregressive.sampling import SamplingParams
 
 router = APIRouter()
 MAX_CHOICES = 16
@@ -48,7 +48,7 @@ def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None)
     for p, prompt in enumerate(prompts):
         ids = gen.prompt_ids(**prompt)
         if gen.unmasker:  # a masked-diffusion LM fills a block, by default as large as `genlab text`'s
-            from genlab.text.unmasking import DEFAULT_TOKENS
+            from genlab.diffusion.unmasking import DEFAULT_TOKENS
 
             default_tokens = default_tokens or DEFAULT_TOKENS
         tokens = requested if requested is not None else min(default_tokens or limit, limit, max(gen.room(ids), 1))

@@ -139,8 +139,8 @@ def resolve_device(device: str) -> torch.device:
 
 def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto", adapter=None):
     """Load a Hugging Face model folder as an engine (TorchLlama when the shape allows).
-    `adapter` (a genlab.lora.Adapter) is merged into the weights first: decoding then costs what the base costs."""
-    from genlab.lora import merge_into
+    `adapter` (a genlab.lora.adapter.Adapter) is merged into the weights first: decoding then costs what the base costs."""
+    from genlab.lora.adapter import merge_into
 
     dev = resolve_device(device)
     dt = pick_dtype(dev, dtype)

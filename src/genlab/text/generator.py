@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from genlab.errors import GenlabError, check
-from genlab.text.decode import TextPiece, DecodeStats, TokenStep, decode, detokenize, timed
-from genlab.text.sampling import SamplingParams
+from genlab.autoregressive.decode import TextPiece, DecodeStats, TokenStep, decode, detokenize, timed
+from genlab.autoregressive.sampling import SamplingParams
 from genlab.text.sources import DEFAULT_TEXT_MODEL, resolve
 from genlab.text.tokenizer import check_messages
 
@@ -46,12 +46,12 @@ class TextGenerator:
         self.kind = text_kind(model)
         self.folder = resolve(model)
         if self.kind.name == "diffusion-lm":  # unmasking.py: the same calls, another sampler
-            from genlab.text.unmasking import UnmaskingText
+            from genlab.diffusion.unmasking import UnmaskingText
 
             check(adapter is None, "--adapter works with causal LMs; a masked-diffusion LM takes no LoRA adapter yet")
             self.lm = self.unmasker = UnmaskingText(self.folder)
         else:
-            from genlab.lora import Adapter
+            from genlab.lora.adapter import Adapter
 
             lora = Adapter.for_model(adapter, model) if adapter else None
             self.unmasker = None

@@ -161,19 +161,3 @@ def _convert(gguf: Path, folder: Path) -> None:
             save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
             advance("fingerprinting")
             write_manifest(tmp, source=str(gguf), source_size=gguf.stat().st_size)
-
-
-def count_parameters(folder: Path) -> int:
-    """Parameters in a model folder's safetensors, read from the headers only."""
-    total = 0
-    for f in folder.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name != "__metadata__":
-                p = 1
-                for d in info["shape"]:
-                    p *= d
-                total += p
-    return total

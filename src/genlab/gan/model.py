@@ -1,5 +1,5 @@
 """A class-conditional GAN (DCGAN-style): the generator that makes an image in one step,
-and the discriminator that trains it. The min-max training step is in train/gan.py.
+and the discriminator that trains it. The min-max training step is in gan/train.py.
 
     gan = Gan.load("runs/gan/model")                 # or Gan.bundled()
     images = gan.generate(torch.tensor([7, 7, 3]), seed=0)   # (3, 1, 16, 16) in [-1, 1]
@@ -12,7 +12,7 @@ Koyama 2018) that makes the score about "a real 7" rather than "a real digit". S
 on every discriminator layer keeps it 1-Lipschitz, the standard guard against the
 instability GANs are known for, and a minibatch-deviation feature lets it see how varied
 a batch is. Neither stopped this generator from ignoring its noise and drawing one digit per
-class (diversity 0.2-0.4 of the data's); the mode-seeking term in train/gan.py did.
+class (diversity 0.2-0.4 of the data's); the mode-seeking term in gan/train.py did.
 """
 
 from __future__ import annotations

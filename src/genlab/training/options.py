@@ -191,7 +191,7 @@ class Text2ImageOptions(RunOptions):
     vae: str = option("runs/shapes-vae", "The trained VAE: a `genlab train vae` --out folder.", path=())
     images: int = option(20000, "Captioned pictures in the training pool, encoded once at the start.", min=1)
     layout: int = option(8, "Channels of the prompt layout, a map of what the prompt puts where, read by the UNet next to "
-                            "the latent (image/text2image.py); the first 4 learn to guess the latent picture; it makes "
+                            "the latent (diffusion/text2image.py); the first 4 learn to guess the latent picture; it makes "
                             "relations work (docs/benchmarks.md). 0 = none, a plain Stable Diffusion UNet.")
     layout_warmup: int = option(1500, "Steps in which a new layout learns its guess of the picture by itself, before the "
                                       "UNet's first step (about a minute for the default).")

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check
-from ..image.data import ImageData, load_images
-from ..image.denoiser import DiffusionConfig, Denoiser, save_model
-from ..image.schedules import FlowSchedule, NoiseSchedule
+from ..data.digits import ImageData, load_images
+from .denoiser import DiffusionConfig, Denoiser, save_model
+from .schedules import FlowSchedule, NoiseSchedule
 from ..store import atomic_dir
-from .loop import StepStats, TrainConfig
-from .options import DiffusionOptions
-from .run import Run
+from ..training.loop import StepStats, TrainConfig
+from ..training.options import DiffusionOptions
+from ..training.run import Run
 P_UNCOND = 0.1  # how often the label is dropped (Ho & Salimans 2022 use 0.1-0.2)
 
 
@@ -103,7 +103,7 @@ class DiffusionRun(Run):
         import copy
 
         from ..image.canvas import grid, save_png, upscale
-        from ..image.generator import ImageGenerator, ImageRequest
+        from ..image.generator import ImageGenerator
 
         ema = copy.deepcopy(self.model)
         ema.load_state_dict(self.trainer.ema.shadow)

@@ -134,7 +134,7 @@ class Trainer:
             ) -> Iterator[StepStats]:
         """Train to config.steps. loss_fn(model, generator) returns the batch's loss, or yields several
         losses in turn: after each, the parameters that loss reached take an optimizer step, before the
-        next is computed. A GAN yields its discriminator's loss, then its generator's (train/gan.py)."""
+        next is computed. A GAN yields its discriminator's loss, then its generator's (gan/train.py)."""
         self.model.train()
         while self.step < self.config.steps:
             start = time.perf_counter()

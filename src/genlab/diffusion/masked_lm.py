@@ -37,11 +37,11 @@ import torch.nn.functional as F
 
 from genlab.errors import check
 from genlab.nn.transformer import Transformer, load_hf
-from genlab.text.sampling import top_k_filter
-from genlab.train.lm import build_model, lm_train_config, random_windows, tokenized_corpus, write_model_folder
-from genlab.train.loop import StepStats, TrainConfig
-from genlab.train.options import DiffusionLmOptions
-from genlab.train.run import Run
+from genlab.autoregressive.sampling import top_k_filter
+from genlab.autoregressive.train_lm import build_model, lm_train_config, random_windows, tokenized_corpus, write_model_folder
+from genlab.training.loop import StepStats, TrainConfig
+from genlab.training.options import DiffusionLmOptions
+from genlab.training.run import Run
 
 KIND = "diffusion-lm"
 T_MIN = 1e-3  # t is clamped here, so the 1/t weight stays finite
@@ -175,12 +175,15 @@ class DiffusionLm:
         """A `genlab train diffusion-lm` model folder (out/model)."""
         from tokenizers import Tokenizer
 
+        from ..registry import read_card
+
         folder = Path(folder).expanduser()
-        info = folder / "genlab-train.json"
-        meta = json.loads(info.read_text()) if info.is_file() else {}
-        check(meta.get("kind") == KIND, f"{folder} is not a `genlab train diffusion-lm` model folder "
-                                        f"(its genlab-train.json must say kind 'diffusion-lm')")
-        model = load_hf(folder, causal=False)  # an ordinary Llama folder: the mask is what genlab-train.json's kind says
+        meta = read_card(folder)
+        if meta is None and (folder / "genlab-train.json").is_file():  # folders written before genlab.json carried the kind
+            meta = json.loads((folder / "genlab-train.json").read_text())
+        check(isinstance(meta, dict) and meta.get("kind") == KIND and "mask_id" in meta,
+              f"{folder} is not a `genlab train diffusion-lm` model folder (its genlab.json must say kind 'diffusion-lm')")
+        model = load_hf(folder, causal=False)  # an ordinary Llama folder: the mask is what genlab.json's kind says
         return cls(model, Tokenizer.from_file(str(folder / "tokenizer.json")), meta["mask_id"])
 
     def unmask(self, prompt: str = "", tokens: int = 64, steps: int = 64, temperature: float = 1.0, top_k: int = 0,
@@ -254,10 +257,10 @@ class DiffusionLmRun(Run):
 
     def save_model(self) -> None:
         write_model_folder(self.out / "model", self.model, self.tokenizer, self.options.context,
-                           {"kind": KIND, "mask_id": self.mask_id, "step": self.trainer.step,
-                            "options": dataclasses.asdict(self.options),
+                           {"step": self.trainer.step, "options": dataclasses.asdict(self.options),
                             "train_seconds": round(self.trainer.seconds, 1),
-                            "held_out_perplexity_bound": self.held_out_perplexity_bound()})
+                            "held_out_perplexity_bound": self.held_out_perplexity_bound()},
+                           card={"kind": KIND, "mask_id": self.mask_id})
 
     def sample_grid(self, path: Path, prompts=("The for statement", "Exceptions are"), tokens: int = 40) -> None:
         """Sampled continuations (one token revealed per step on average, temperature 0.8, seed 0),

@@ -5,7 +5,7 @@
     for frame in gen.unfold("The for statement", max_new_tokens=32, steps=8): print(frame)
 
 A GPT's text comes out one token per network call, left to right; here the whole block of
-max_new_tokens starts masked and `steps` calls reveal it in any order (train/diffusion_lm.py
+max_new_tokens starts masked and `steps` calls reveal it in any order (diffusion/masked_lm.py
 holds the model, its loss and the unmasking sampler). So a stream has one piece, at the end,
 and unfold() shows the frames between. Temperature and top-k apply to each guess; options
 that only mean something left to right (stop strings, repetition penalty, per-token
@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 
 from genlab.errors import check
-from genlab.text.decode import DecodeStats, TextPiece
-from genlab.text.sampling import SamplingParams
+from genlab.autoregressive.decode import DecodeStats, TextPiece
+from genlab.autoregressive.sampling import SamplingParams
 
 DEFAULT_TOKENS = 64  # the block a request without max_new_tokens fills
 
@@ -28,7 +28,7 @@ class UnmaskingText:
     """A DiffusionLm behind TextGenerator's interface."""
 
     def __init__(self, folder):
-        from genlab.train.diffusion_lm import DiffusionLm
+        from genlab.diffusion.masked_lm import DiffusionLm
 
         self.lm = DiffusionLm.load(folder)
         self.tokenizer = self.lm.tokenizer
@@ -53,7 +53,7 @@ class UnmaskingText:
 
     def unfold(self, ids: list[int], params: SamplingParams, seed: int, steps: int | None) -> Iterator:
         """The sampler's UnmaskStep after each network call."""
-        from genlab.train.diffusion_lm import unmask
+        from genlab.diffusion.masked_lm import unmask
 
         tokens = params.max_new_tokens
         check(len(ids) + tokens <= self.context_length,

@@ -3,7 +3,7 @@
     genlab train vae --out runs/shapes-vae
     genlab train text2image --vae runs/shapes-vae --out runs/shapes
 
-The VAE sees freshly drawn pictures at every step (image/shapes.py makes any number).
+The VAE sees freshly drawn pictures at every step (data/shapes.py makes any number).
 The UNet learns from a pool of `images` captioned pictures encoded once when the run
 starts: latents by the VAE, captions by the frozen text encoder. Running MiniLM on every
 batch would cost more than the UNet step itself; a resumed run rebuilds the same pool.
@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 from ..errors import check
-from ..image import autoencoder
-from ..image.shapes import COLORS, RADIUS, SHAPES, ShapesWorld, coverage, render
-from ..image.text2image import TextToImage, TextToImageConfig, save_text2image
+from . import autoencoder
+from ..data.shapes import COLORS, RADIUS, SHAPES, ShapesWorld, coverage, render
+from .text2image import TextToImage, TextToImageConfig, save_text2image
 from ..store import atomic_dir
-from .diffusion import P_UNCOND, denoising_loss
-from .loop import EMA, StepStats, TrainConfig
-from .options import Text2ImageOptions, VaeOptions
-from .run import Run
+from .train import P_UNCOND, denoising_loss
+from ..training.loop import EMA, StepStats, TrainConfig
+from ..training.options import Text2ImageOptions, VaeOptions
+from ..training.run import Run
 
 # The prompt layout's first channels learn, besides what the UNet asks of them, to guess the
 # latent picture from the prompt alone (its mean over all pictures that fit the caption): a

@@ -62,7 +62,7 @@ def folder(root: Path, resolution: int | None) -> ImageData:
     """Every image under `root`; a file in root/NAME/ gets the label NAME."""
     from PIL import Image
 
-    from .canvas import from_pil, open_image
+    from ..image.canvas import from_pil, open_image
 
     check(root.is_dir(), f"--data must be 'digits' or a folder of images; {str(root)!r} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

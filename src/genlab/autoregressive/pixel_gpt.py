@@ -29,7 +29,7 @@ import torch
 
 from ..errors import check
 from ..nn.transformer import Transformer, load_hf, save_hf
-from ..text.sampling import SamplingParams, filtered_logits
+from .sampling import SamplingParams, filtered_logits
 from ..store import bundled_weights
 
 CONFIG_FILE = "genlab.json"
@@ -47,7 +47,7 @@ def dequantise(tokens: torch.Tensor, levels: int, side: int) -> torch.Tensor:
 
 def build_model(levels: int, classes: int, side: int, width: int, layers: int, heads: int) -> Transformer:
     """The text GPT's decoder with a vocabulary of pixel levels and class words."""
-    from ..train.lm import build_model as build_gpt
+    from .train_lm import build_model as build_gpt
 
     return build_gpt(levels + classes, side * side + 1, width, layers, heads)
 

@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check
-from ..image.data import ImageData, load_images
-from ..image.gan import Gan, GanConfig
+from ..data.digits import load_images
+from .model import Gan, GanConfig
 from ..store import atomic_dir
-from .loop import StepStats, TrainConfig
-from .options import GanOptions
-from .run import Run
+from ..training.loop import StepStats, TrainConfig
+from ..training.options import GanOptions
+from ..training.run import Run
 
 
 def gan_step(gan: Gan, real: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,

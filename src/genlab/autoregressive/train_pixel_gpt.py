@@ -1,6 +1,6 @@
 """Training the autoregressive image model: `genlab train ar-image`.
 
-Next-token prediction, exactly as for text (train/lm.py): each image becomes the sequence
+Next-token prediction, exactly as for text (autoregressive/train_lm.py): each image becomes the sequence
 [class word, pixel 1, ..., pixel 64] and the loss is the cross-entropy of each pixel given
 everything before it. The class word is only ever an input: position 0 predicts pixel 1
 and nothing predicts the class. Held-out bits/dim, the exact NLL, is reported at every checkpoint.
@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from ..errors import check
-from ..image.data import ImageData, load_images
-from ..image.pixel_gpt import PixelGpt, build_model
+from ..data.digits import ImageData, load_images
+from .pixel_gpt import PixelGpt, build_model
 from ..store import atomic_dir
-from .lm import next_token_loss
-from .loop import StepStats, TrainConfig
-from .options import ArImageOptions
-from .run import Run
+from .train_lm import next_token_loss
+from ..training.loop import StepStats, TrainConfig
+from ..training.options import ArImageOptions
+from ..training.run import Run
 
 
 def split_images(source: str, side: int) -> tuple[ImageData, ImageData]:

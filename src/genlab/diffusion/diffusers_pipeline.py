@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..errors import GenlabError, check
-from .canvas import open_image
-from .request import ImageResult, frame_indices
+from ..image.canvas import open_image
+from ..image.request import ImageResult, frame_indices
 from .samplers import SampleStep
 
 SCHEDULERS = {  # genlab's sampler name -> (diffusers scheduler, settings)
@@ -107,7 +107,7 @@ class DiffusersPipeline:
 
     @torch.inference_mode()
     def _decode(self, latents: torch.Tensor):
-        from .canvas import to_pil
+        from ..image.canvas import to_pil
 
         vae = getattr(self.pipe, "vae", None)
         if vae is None:

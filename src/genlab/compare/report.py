@@ -13,12 +13,16 @@ from pathlib import Path
 
 import torch
 
-from .compare import ROW_STEPS, Results
-from .store import writable_folder
+from ..store import writable_folder
+from .measure import CONTENDERS, ROW_STEPS, Results
 
-NAMES = {"gan": "GAN", "ar-image": "autoregressive (pixel GPT)", "diffusion": "diffusion (UNet)",
-         "lm": "autoregressive (GPT)", "diffusion-lm": "masked diffusion (MDLM)", "real digits": "real digits",
-         "real text": "real text"}
+NAMES = {c.key: c.title for c in CONTENDERS} | {"real digits": "real digits", "real text": "real text"}
+REAL = {"image": "real digits", "text": "real text"}  # the reference row under each modality's table
+
+
+def rows_of(modality: str, real: bool = True) -> list[str]:
+    """The table's rows for one modality: each contender of it, in CONTENDERS' order, then the real data."""
+    return [c.key for c in CONTENDERS if c.modality == modality] + ([REAL[modality]] if real else [])
 
 
 def write(r: Results, out: Path) -> Path:
@@ -131,7 +135,7 @@ def markdown(r: Results, figures: dict[str, Path]) -> str:
     lines += ["", "## Images: handwritten digits", "",
               "| family | parameters | training (its record) | s per image | network evaluations | FID | accuracy | diversity | NLL (bits/dim) |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("gan", "ar-image", "diffusion", "real digits"):
+    for name in rows_of("image"):
         row = r.rows[name]
         lines.append(f"| {NAMES[name]} | {_n(row.get('params'))} | {_t(row.get('train_seconds'))} | {_ms(row.get('s_per_sample'))} "
                      f"| {row.get('nfe', '')} | {row['fid']:.2f} | {row['accuracy']:.3f} | {row['diversity']:.2f} "
@@ -153,7 +157,7 @@ def markdown(r: Results, figures: dict[str, Path]) -> str:
     lines += ["", "## Text: Python's documentation", "",
               "| family | parameters | training (its record) | s per 64 tokens | network evaluations | held-out perplexity | judged perplexity | distinct bigrams |",
               "|---|---|---|---|---|---|---|---|"]
-    for name in ("lm", "diffusion-lm", "real text"):
+    for name in rows_of("text"):
         row = r.rows[name]
         ppl = _f(row.get("perplexity"), 1) if "perplexity" in row else ("<= " + _f(row["perplexity_bound"], 1)
                                                                        if "perplexity_bound" in row else "")
@@ -177,7 +181,7 @@ def markdown(r: Results, figures: dict[str, Path]) -> str:
     if "gan_training" in figures:
         lines += ["", "## GAN training", "", f"![gan training]({figures['gan_training'].name})"]
     lines += ["", "## Samples", ""]
-    for name in ("lm", "diffusion-lm"):
+    for name in rows_of("text", real=False):
         lines += [f"{NAMES[name]}:", "", "```"] + [t.replace("\n", " ")[:300] for t in r.texts[name][:4]] + ["```", ""]
     lines += ["Raw numbers: results.json."]
     return "\n".join(lines) + "\n"
@@ -273,8 +277,8 @@ def _sheet(x: torch.Tensor, columns: int = 10) -> torch.Tensor:
 
 def samples_figure(r: Results, path: Path) -> Path:
     plt = _plt()
-    names = ("gan", "ar-image", "diffusion")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.2))
+    names = rows_of("image", real=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.2))
     for ax, name in zip(axes, names):
         ax.imshow(_sheet(r.images[name]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         row = r.rows[name]
@@ -285,7 +289,7 @@ def samples_figure(r: Results, path: Path) -> Path:
 
 def unfolding_figure(r: Results, path: Path) -> Path:
     """A diffusion trajectory (x_t after each step) above the pixel GPT filling in its pixels."""
-    from .image.canvas import from_pil
+    from ..image.canvas import from_pil
 
     plt = _plt()
     diffusion = [from_pil(im) for im in r.unfolding["diffusion"]]
@@ -324,7 +328,7 @@ def quality_figure(r: Results, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     d = r.curves["diffusion"]
     left.plot([p["nfe"] for p in d], [p["fid"] for p in d], "o-", label="diffusion (DPM-Solver++ steps)")
-    for name, marker in (("gan", "s"), ("ar-image", "^")):
+    for name, marker in ((c.key, c.marker) for c in CONTENDERS if c.modality == "image" and c.key != "diffusion"):
         left.plot([r.rows[name]["nfe"]], [r.rows[name]["fid"]], marker, markersize=9, label=NAMES[name])
     left.axhline(r.rows["real digits"]["fid"], color="gray", linestyle="--", label="real training digits")
     left.set_xscale("log")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GenlabError, check
-from .data import DIGIT_WORDS, enlarge
+from ..data.digits import DIGIT_WORDS, enlarge
 from .samplers import check_sampler
 from .schedules import FlowSchedule, NoiseSchedule
 

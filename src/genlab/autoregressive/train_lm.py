@@ -24,9 +24,9 @@ import torch
 from genlab.errors import GenlabError, check
 from genlab.nn.transformer import Transformer, TransformerConfig, save_hf
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, TrainConfig
-from genlab.train.options import LmOptions
-from genlab.train.run import Run
+from genlab.training.loop import StepStats, TrainConfig
+from genlab.training.options import LmOptions
+from genlab.training.run import Run
 
 EOS = "<|endoftext|>"
 HELD_OUT = 0.1  # the last tenth of the text
@@ -105,9 +105,11 @@ def random_windows(ids: torch.Tensor, length: int, batch: int, generator: torch.
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
 
 
-def write_model_folder(folder: Path, model: Transformer, tokenizer, context: int, info: dict) -> None:
-    """A Hugging Face folder (weights, tokenizer) plus genlab-train.json, written atomically."""
+def write_model_folder(folder: Path, model: Transformer, tokenizer, context: int, info: dict, card: dict | None = None) -> None:
+    """A Hugging Face folder (weights, tokenizer) plus genlab.json (its kind: the card registry.py reads) and
+    genlab-train.json (the training record), written atomically."""
     with atomic_dir(folder) as tmp:
+        (tmp / "genlab.json").write_text(json.dumps(card or {"kind": "causal-lm"}))
         save_hf(model, tmp, bos_token_id=0, eos_token_id=0)  # EOS is the tokenizer's first special token
         tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS, "bos_token": None, "model_max_length": context}))

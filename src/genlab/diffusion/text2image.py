@@ -65,7 +65,7 @@ class TextToImageConfig:
     guidance: float = 5.0  # the classifier-free guidance scale
     sampler: str | None = "ddpm"  # ancestral sampling: its fresh noise at every step helps counts and pairs
     sampling_steps: int = 50
-    vocabulary: str = "shapes"  # what prompts the model was trained on (image/shapes.py); "" for free text
+    vocabulary: str = "shapes"  # what prompts the model was trained on (data/shapes.py); "" for free text
     layout_channels: int = 0  # PromptLayout's channels added to the UNet's input; 0 = none (a plain SD UNet)
     layout_width: int = 64  # PromptLayout's query width (4 heads)
     layout_classes: tuple[int, ...] = ()  # PromptLayout's class maps: the sizes of its softmax groups (a semantic layout)
@@ -116,7 +116,7 @@ class PromptLayout(torch.nn.Module):
 
     A semantic layout (`classes`, e.g. (7, 4, 3)) also answers, per position, a distribution
     over each group of classes: which colour, shape and size covers it, "nothing" included.
-    Training teaches them from the shapes world's ground truth (train/text2image.py); the
+    Training teaches them from the shapes world's ground truth (diffusion/train_text2image.py); the
     UNet reads the probabilities. The picture guess blurs a shape wherever its place is
     uncertain; "a circle, if anything, is here" stays sharp, so the shape the prompt binds to
     a place reaches the UNet as plainly as its colour.
@@ -256,13 +256,6 @@ def save_text2image(model: TextToImage, folder: Path) -> None:
              "text_encoder": ["transformers", "BertModel"], "safety_checker": [None, None], "feature_extractor": [None, None]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / CONFIG_FILE).write_text(c.to_json())
-
-
-def is_text2image(folder: Path) -> bool:
-    try:
-        return json.loads((folder / CONFIG_FILE).read_text()).get("kind") == KIND
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def load_text2image(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextToImage:

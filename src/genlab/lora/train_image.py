@@ -6,7 +6,7 @@
 PEFT wraps the chosen layers of the denoiser's UNet (its attention and linear layers by
 default; convolutions by name, e.g. --targets all-linear,conv1,conv2), the base stays
 frozen, and the loss is the same denoising objective that trained the model from scratch
-(train/diffusion.py), with the same label dropout, so guidance keeps working. Folder
+(diffusion/train.py), with the same label dropout, so guidance keeps working. Folder
 subfolders must be class names the model already has ("0".."9" for digits).
 """
 
@@ -20,26 +20,25 @@ from pathlib import Path
 import torch
 
 from genlab.errors import check
-from genlab.image.data import ImageData, load_images
+from genlab.data.digits import ImageData, load_images
 from genlab.store import atomic_dir
-from genlab.train.diffusion import diffusion_loss
-from genlab.train.loop import StepStats, TrainConfig
-from genlab.train.options import ImageLoraOptions
-from genlab.train.run import Run
+from genlab.diffusion.train import diffusion_loss
+from genlab.training.loop import StepStats, TrainConfig
+from genlab.training.options import ImageLoraOptions
+from genlab.training.run import Run
 
 
 def base_denoiser(spec: str):
     """A class-conditional genlab diffusion model (bundled name or folder), fp32 on the CPU."""
-    from genlab.image.denoiser import load_model
-    from genlab.image.generator import ImageGenerator
+    from genlab.diffusion.denoiser import load_model
+    from genlab.registry import locate
 
-    folder = ImageGenerator.folder_of(spec)
-    from genlab.image.text2image import is_text2image
-
-    check(not is_text2image(folder), f"--model {spec!r} is a text-to-image model; `genlab finetune image` adapts "
-                                     "class-conditional diffusion models such as digits (captioned data is not supported yet)")
-    check((folder / "genlab.json").is_file(), f"--model {spec!r} is not a genlab diffusion model folder")
-    return load_model(folder)
+    ref = locate(spec, "image")
+    check(ref.kind.name != "text2image", f"--model {spec!r} is a text-to-image model; `genlab finetune image` adapts "
+                                         "class-conditional diffusion models such as digits (captioned data is not supported yet)")
+    check(ref.kind.name == "diffusion", f"--model {spec!r} is a {ref.kind.title}; `genlab finetune image` adapts "
+                                        "class-conditional diffusion models such as digits")
+    return load_model(ref.path)
 
 
 def relabel(data: ImageData, class_names: list[str], source: str) -> ImageData:
@@ -63,7 +62,7 @@ class ImageLoraRun(Run):
     def build(self) -> torch.nn.Module:
         from peft import get_peft_model
 
-        from genlab.lora import lora_config
+        from genlab.lora.adapter import lora_config
 
         o = self.options
         self.model = model = base_denoiser(o.model)  # the Denoiser, its unet wrapped by PEFT below

@@ -24,9 +24,9 @@ import torch
 
 from genlab.errors import GenlabError, check
 from genlab.store import atomic_dir
-from genlab.train.loop import StepStats, TrainConfig
-from genlab.train.options import TextLoraOptions
-from genlab.train.run import Run
+from genlab.training.loop import StepStats, TrainConfig
+from genlab.training.options import TextLoraOptions
+from genlab.training.run import Run
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
@@ -156,7 +156,7 @@ class TextLoraRun(Run):
     def build(self) -> torch.nn.Module:
         from peft import get_peft_model
 
-        from genlab.lora import lora_config
+        from genlab.lora.adapter import lora_config
 
         o = self.options
         model, self.tokenizer, _ = base_model(o.model)

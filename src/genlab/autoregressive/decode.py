@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 import torch
 
-from genlab.text.sampling import SamplingParams, next_token
+from genlab.autoregressive.sampling import SamplingParams, next_token
 
 if TYPE_CHECKING:
     from genlab.text.tokenizer import Tokenizer

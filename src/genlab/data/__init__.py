@@ -1,0 +1,1 @@
+"""Datasets that ship offline: handwritten digits and the shapes world."""

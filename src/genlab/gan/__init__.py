@@ -1,0 +1,1 @@
+"""The GAN: generator, projection discriminator, and the min-max training step."""
