@@ -80,4 +80,4 @@ def test_corrupt_cache_is_rebuilt_not_loaded(folder):
 def test_models_lists_parameters_after_conversion(folder):
     out = subprocess.run([sys.executable, "-m", "genlab", "models"], capture_output=True, text=True, check=True,
                          env={**os.environ, "COLUMNS": "200"})
-    assert "134.5M" in out.stderr and DEFAULT_TEXT_MODEL in out.stderr
+    assert "134.52M" in out.stdout and DEFAULT_TEXT_MODEL in out.stdout
