@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import re
 import sys
 
 import pytest
@@ -119,22 +120,38 @@ def test_python_api_prompts_with_surrogates_are_genlab_errors(tiny_model):
         gen.chat([{"role": "user", "content": "\ud800"}], max_new_tokens=2)
     with pytest.raises(GenlabError, match="a stop string is not valid UTF-8"):
         SamplingParams(stop=["\udcff"])
-    with pytest.raises(GenlabError, match="--negative-prompt is not valid UTF-8"):
+    with pytest.raises(GenlabError, match="^negative_prompt is not valid UTF-8"):
         ImageRequest("1", negative_prompt="\udcff")
+
+
+def test_errors_name_fields_in_python_and_flags_on_the_cli(capsys, tmp_path):
+    """One check, two front ends: Python callers read the names they passed, the CLI the flags typed."""
+    cases = [(dict(steps=0), ["--steps", "0"], "steps must be an integer of at least 1, got 0"),
+             (dict(n=0), ["-n", "0"], "n must be an integer between 1 and 64, got 0"),
+             (dict(trajectory_frames=999), ["--trajectory", str(tmp_path / "t.png"), "--frames", "999"],
+              "trajectory_frames must be an integer between 0 and 256, got 999"),
+             (dict(mask="m.png"), ["--mask", "m.png"], "mask needs init_image: the picture to inpaint")]
+    flags = {"steps": "--steps", "n": "-n", "trajectory_frames": "--frames", "mask needs init_image": "--mask needs --init-image"}
+    for kwargs, args, message in cases:
+        with pytest.raises(GenlabError, match=f"^{re.escape(message)}$"):
+            ImageRequest("1", **kwargs)
+        head = next(k for k in flags if message.startswith(k))
+        code, _, err = run(["image", "1", "--out", str(tmp_path / "x.png"), *args], capsys)
+        assert_one_line_error(code, err, flags[head] + message[len(head):])
 
 
 # -- 4 and 5: every number finite and in its range --------------------------------------------------
 
 @pytest.mark.parametrize("args,fragment", [
-    (["text", "hi", "--temperature", "inf"], "temperature must be a finite number between 0 and 100, got inf"),
-    (["text", "hi", "--temperature", "nan"], "temperature must be a finite number between 0 and 100, got nan"),
-    (["text", "hi", "--temperature", "101"], "temperature must be a finite number between 0 and 100, got 101.0"),
-    (["text", "hi", "--repetition-penalty", "inf"], "repetition_penalty must be a finite number above 0 and at most 100"),
-    (["text", "hi", "--top-p", "nan"], "top_p must be a finite number above 0 and at most 1, got nan"),
-    (["text", "hi", "--min-p", "-inf"], "min_p must be a finite number between 0 and 1, got -inf"),
-    (["text", "hi", "--top-logprobs", "21", "--json"], "top_logprobs must be an integer between 0 and 20, got 21"),
-    (["chat", "--temperature", "inf"], "temperature must be a finite number between 0 and 100, got inf"),
-    (["chat", "--repetition-penalty", "-inf"], "repetition_penalty must be a finite number above 0"),
+    (["text", "hi", "--temperature", "inf"], "--temperature must be a finite number between 0 and 100, got inf"),
+    (["text", "hi", "--temperature", "nan"], "--temperature must be a finite number between 0 and 100, got nan"),
+    (["text", "hi", "--temperature", "101"], "--temperature must be a finite number between 0 and 100, got 101.0"),
+    (["text", "hi", "--repetition-penalty", "inf"], "--repetition-penalty must be a finite number above 0 and at most 100"),
+    (["text", "hi", "--top-p", "nan"], "--top-p must be a finite number above 0 and at most 1, got nan"),
+    (["text", "hi", "--min-p", "-inf"], "--min-p must be a finite number between 0 and 1, got -inf"),
+    (["text", "hi", "--top-logprobs", "21", "--json"], "--top-logprobs must be an integer between 0 and 20, got 21"),
+    (["chat", "--temperature", "inf"], "--temperature must be a finite number between 0 and 100, got inf"),
+    (["chat", "--repetition-penalty", "-inf"], "--repetition-penalty must be a finite number above 0"),
 ])
 def test_text_numbers_must_be_finite_and_in_range(args, fragment, capsys):
     assert_one_line_error(*run(args, capsys)[::2], fragment)

@@ -27,11 +27,11 @@ def assert_one_line_error(code, err, fragment):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["text", "hi", "--temperature", "-1"], "temperature must be a finite number between 0 and 100, got -1.0"),
-    (["text", "hi", "--top-p", "0"], "top_p must be a finite number above 0 and at most 1, got 0.0"),
-    (["text", "hi", "--top-p", "1.5"], "top_p must be a finite number above 0 and at most 1, got 1.5"),
-    (["text", "hi", "--top-k", "-3"], "top_k must be an integer of at least 0, got -3"),
-    (["text", "hi", "--max-new-tokens", "0"], "max_new_tokens must be an integer of at least 1, got 0"),
+    (["text", "hi", "--temperature", "-1"], "--temperature must be a finite number between 0 and 100, got -1.0"),
+    (["text", "hi", "--top-p", "0"], "--top-p must be a finite number above 0 and at most 1, got 0.0"),
+    (["text", "hi", "--top-p", "1.5"], "--top-p must be a finite number above 0 and at most 1, got 1.5"),
+    (["text", "hi", "--top-k", "-3"], "--top-k must be an integer of at least 0, got -3"),
+    (["text", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be an integer of at least 1, got 0"),
     (["text", "hi", "--model", "no-such-model"], "unknown model 'no-such-model'; accepted: smollm2-135m-instruct"),
     (["text", "hi", "--model", "/nonexistent/model.gguf"], "no such GGUF file"),
     (["text", "hi", "--model", "someone/not-cached-anywhere"], "not in the local Hugging Face cache"),

@@ -205,7 +205,7 @@ def test_image_stream_previews_then_the_same_picture(server, client):
 @pytest.mark.parametrize("route, body, status, param, words", [
     ("/v1/chat/completions", {"messages": []}, 422, "messages", "at least 1"),
     ("/v1/chat/completions", {"messages": HI, "max_tokens": 5000}, 400, None, "at most 1024"),
-    ("/v1/chat/completions", {"messages": HI, "temperature": -1}, 400, None, "temperature must be a finite number between 0 and 100, got -1"),
+    ("/v1/chat/completions", {"messages": HI, "temperature": -1}, 400, "temperature", "temperature must be a finite number between 0 and 100, got -1"),
     ("/v1/chat/completions", {"messages": HI, "model": "digits"}, 404, "model", "is an image model"),
     ("/v1/chat/completions", {"messages": HI, "tools": []}, 422, "tools", "unknown field"),
     ("/v1/chat/completions", {"messages": HI, "top_logprobs": 3}, 400, None, "needs logprobs"),
@@ -218,6 +218,8 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     ("/v1/images/generations", {"prompt": "7", "model": "sd"}, 404, "model", "digits, shapes"),
     ("/v1/images/generations", {"prompt": "7", "n": 50}, 400, None, "between 1 and 8"),
     ("/v1/images/generations", {"prompt": "7", "sampler": "plms"}, 400, None, "ddpm, ddim"),
+    ("/v1/images/generations", {"prompt": "7", "steps": 0}, 400, "steps", "steps must be an integer of at least 1, got 0"),
+    ("/v1/images/generations", {"prompt": "7", "guidance_scale": -1}, 400, "guidance_scale", "guidance_scale must be a finite number between 0 and 100"),
 ])
 def test_bad_input_is_one_clear_openai_error(server, route, body, status, param, words):
     r = httpx.post(server.url + route, json=body, timeout=60)
@@ -225,6 +227,8 @@ def test_bad_input_is_one_clear_openai_error(server, route, body, status, param,
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert words in error["message"] and "\n" not in error["message"] and error["param"] == param
+    # fields by the names an HTTP caller sends, never the CLI's flags (a server's own limit may name its launch flag)
+    assert "--" not in error["message"].replace("(its --max-tokens)", "")
 
 
 def test_sdk_raises_its_own_error_types(client):

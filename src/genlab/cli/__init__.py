@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             message += f" Choose one of: {', '.join(ctx.command.list_commands(ctx))}."  # e.g. an unknown family to train
         _fail(message)
     except GenlabError as e:
-        _fail(str(e))
+        _fail(e.renamed(flag))
     except typer.Exit as e:
         code = e.exit_code
     except (KeyboardInterrupt, typer.Abort):
@@ -69,6 +69,14 @@ def _click_errors() -> tuple[type, ...]:
     except ImportError:
         pass
     return tuple(classes)
+
+
+FLAGS = {"n": "-n", "trajectory_frames": "--frames"}  # where a flag is not the field's name with dashes
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a library field: steps -> --steps, max_new_tokens -> --max-new-tokens."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _fail(message: str) -> None:

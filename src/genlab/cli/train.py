@@ -2,41 +2,26 @@
 
 The dataclass holds every default and help text; `options_command` turns its fields into
 flags, so the CLI only maps flags onto options, runs `fit` (training/run.py) and prints.
-Library errors name option fields ("steps must be at least 1"); `as_flags` shows them as
-the flags a user typed ("--steps must be at least 1").
+Library errors name option fields ("steps must be at least 1"); `genlab`'s entry point shows
+them as the flags a user typed ("--steps must be at least 1", cli/__init__.py).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from genlab.cli import train_app
-from genlab.errors import GenlabError
+from genlab.cli import flag, train_app
 from genlab.progress import console, step_progress
 from genlab.training import options as opts
 
 Resume = Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out, bit for bit, with the options it "
                                            "was saved with. Options given again must match, except --steps (a larger "
                                            "total), --checkpoint-every and --sample-every.")]
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def as_flags(e: opts.OptionError) -> GenlabError:
-    """The error with each field it names (first mention) written as its flag: steps -> --steps."""
-    message = str(e)
-    for phrase in e.fields:  # a field name, or a phrase that starts with one ("layout 0")
-        name = phrase.split()[0]
-        message = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", flag(name) + phrase[len(name):], message, count=1)
-    return GenlabError(message)
 
 
 def options_command(name: str, options_class: type[opts.RunOptions], app: typer.Typer = train_app):
@@ -56,10 +41,7 @@ def options_command(name: str, options_class: type[opts.RunOptions], app: typer.
         @functools.wraps(body)
         def command(**kwargs):
             given = {f.name: kwargs.pop(f.name) for f, _ in shown}
-            try:
-                body(given={k: v for k, v in given.items() if v is not None}, **kwargs)
-            except opts.OptionError as e:
-                raise as_flags(e) from None
+            body(given={k: v for k, v in given.items() if v is not None}, **kwargs)
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {}  # typer reads the signature above

@@ -365,11 +365,12 @@ def _mdlm_run():
     return DiffusionLmRun
 
 
-def _options(name: str, **fixed) -> Callable[[dict], object]:
+def _options(name: str) -> Callable[[dict], object]:
+    """The family's options class (training/options.py) with its command's defaults, plus `every`."""
     def make(every: dict):
         from ..training import options
 
-        return getattr(options, name)(**fixed, **every)
+        return getattr(options, name)(**every)
     return make
 
 

@@ -76,13 +76,13 @@ class DiffusersPipeline:
         }
         kwargs |= {k: v for k, v in optional.items() if k in accepts and v is not None}
         if request.init_image:
-            kwargs["image"] = open_image(request.init_image, "--init-image", "RGB")
-            check(int(request.steps * request.strength) >= 1, f"--strength {request.strength} with {request.steps} steps leaves "
-                  "no step to run for a diffusers pipeline; raise --strength or --steps")
+            kwargs["image"] = open_image(request.init_image, "init_image", "RGB")
+            check(int(request.steps * request.strength) >= 1, f"strength {request.strength} leaves no step of the {request.steps} to run for a "
+                  "diffusers pipeline; raise strength or steps", "strength", "strength", "steps")
         if request.mask:
-            kwargs["mask_image"] = open_image(request.mask, "--mask", "L")
-            check(kwargs["mask_image"].size == kwargs["image"].size, f"--mask is {kwargs['mask_image'].size[0]}x{kwargs['mask_image'].size[1]} "
-                  f"but --init-image is {kwargs['image'].size[0]}x{kwargs['image'].size[1]}; they must match")
+            kwargs["mask_image"] = open_image(request.mask, "mask", "L")
+            check(kwargs["mask_image"].size == kwargs["image"].size, f"mask is {kwargs['mask_image'].size[0]}x{kwargs['mask_image'].size[1]} "
+                  f"but init_image is {kwargs['image'].size[0]}x{kwargs['image'].size[1]}; they must match", "mask", "init_image")
         frames, calls = [], [0]
         if "callback_on_step_end" in accepts:
 

@@ -42,10 +42,11 @@ def open_image(path: str | Path, what: str, mode: str = "RGB"):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
             return im.convert(mode)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise GenlabError(f"cannot read {what} {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+        raise GenlabError(f"cannot read {what} {str(path)!r}: {getattr(e, 'strerror', None) or e}",
+                          *((what,) if what.isidentifier() else ())) from None
 
 
-def read_image(path: str | Path, size: int, channels: int, what: str = "--init-image") -> torch.Tensor:
+def read_image(path: str | Path, size: int, channels: int, what: str = "init_image") -> torch.Tensor:
     """A picture file -> (1, C, size, size) in [-1, 1], resized to the model's resolution."""
     from PIL import Image
 
@@ -58,7 +59,7 @@ def read_mask(path: str | Path, size: int) -> torch.Tensor:
     (The caller checks that the mask has the init image's size, so that the two line up.)"""
     from PIL import Image
 
-    im = open_image(path, "--mask", "L").resize((size, size), Image.Resampling.NEAREST)
+    im = open_image(path, "mask", "L").resize((size, size), Image.Resampling.NEAREST)
     return (from_pil(im) > 0).float()  # pixel values >= 128
 
 

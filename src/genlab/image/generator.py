@@ -62,7 +62,7 @@ class ImageGenerator:
         ref = locate(spec, "image")
         self.name, self.kind, self.folder = ref.name, ref.kind, ref.path
         folder, self.drawer = ref.path, None
-        check(dtype in ("auto", "float32", "float16", "bfloat16"), f"--dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+        check(dtype in ("auto", "float32", "float16", "bfloat16"), f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}", "dtype")
         # auto: float16 on a GPU, float32 on a CPU (where float16 convolutions are slow)
         self.dtype = getattr(torch, dtype) if dtype != "auto" else torch.float16 if self.device.type == "cuda" else torch.float32
         from ..diffusion.text2image import load_text2image
@@ -92,9 +92,9 @@ class ImageGenerator:
         """LoRA: W + scale (alpha/r) B A in every adapted layer of the UNet (genlab/lora/adapter.py)."""
         from ..lora.adapter import Adapter, merge_into
 
-        check(self.pipeline is None, "--adapter works with genlab's own models; a diffusers pipeline loads LoRA itself")
-        check(self.drawer is None, f"--adapter tunes a diffusion UNet; {spec!r} is a {self.kind.title}")
-        check(0 <= scale <= 4, f"--adapter-scale must be between 0 and 4, got {scale}")
+        check(self.pipeline is None, "adapter works with genlab's own models; a diffusers pipeline loads LoRA itself", "adapter")
+        check(self.drawer is None, f"adapter tunes a diffusion UNet; {spec!r} is a {self.kind.title}", "adapter")
+        check(0 <= scale <= 4, f"adapter_scale must be between 0 and 4, got {scale}", "adapter_scale")
         lora = Adapter.for_model(folder, spec)
         unet = self.model.unet
         unet.load_state_dict(merge_into(unet.state_dict(), lora, scale))
@@ -245,8 +245,9 @@ class ImageGenerator:
         return read_image(request.init_image, size, channels)
 
     def _mask(self, request: ImageRequest) -> torch.Tensor:
-        want, got = open_image(request.init_image, "--init-image").size, open_image(request.mask, "--mask").size
-        check(want == got, f"--mask is {got[0]}x{got[1]} but --init-image is {want[0]}x{want[1]}; they must match")
+        want, got = open_image(request.init_image, "init_image").size, open_image(request.mask, "mask").size
+        check(want == got, f"mask is {got[0]}x{got[1]} but init_image is {want[0]}x{want[1]}; they must match",
+              "mask", "init_image")
         return read_mask(request.mask, self.model.pixel_shape[1])
 
 

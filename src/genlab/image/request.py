@@ -40,20 +40,21 @@ class ImageRequest:
               "the prompt is empty; describe the picture, e.g. 'a red circle above a blue square' or 'a handwritten 7'")
         check_text("the prompt", self.prompt)
         if self.negative_prompt:
-            check_text("--negative-prompt", self.negative_prompt)
+            check_text("negative_prompt", self.negative_prompt)
         if self.steps is not None:
-            check_number("--steps", self.steps, 1, integer=True)
+            check_number("steps", self.steps, 1, integer=True)
         if self.guidance is not None:
-            check_number("--guidance", self.guidance, 0, MAX_GUIDANCE)
-        check_number("-n", self.n, 1, MAX_IMAGES, integer=True)
-        check_number("--strength", self.strength, 0, 1)
-        check_number("--eta", self.eta, 0, 1)
-        check_number("--frames", self.trajectory_frames, 0, MAX_FRAMES, integer=True)
+            check_number("guidance", self.guidance, 0, MAX_GUIDANCE)
+        check_number("n", self.n, 1, MAX_IMAGES, integer=True)
+        check_number("strength", self.strength, 0, 1)
+        check_number("eta", self.eta, 0, 1)
+        check_number("trajectory_frames", self.trajectory_frames, 0, MAX_FRAMES, integer=True)
         check_sampler(self.sampler)
-        check(self.mask is None or self.init_image is not None, "--mask needs --init-image: the picture to inpaint")
+        check(self.mask is None or self.init_image is not None, "mask needs init_image: the picture to inpaint",
+              "mask", "init_image")
         if self.seed is None:
             self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        check(0 <= self.seed < 2**63, f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
+        check(0 <= self.seed < 2**63, f"seed must be between 0 and 2^63 - 1, got {self.seed}", "seed")
 
 
 @dataclass

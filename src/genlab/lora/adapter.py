@@ -73,26 +73,26 @@ class Adapter:
         from safetensors.torch import load_file
 
         folder = Path(folder).expanduser()
-        check(folder.is_dir(), f"--adapter {str(folder)!r} is not a folder")
+        check(folder.is_dir(), f"adapter {str(folder)!r} is not a folder", "adapter")
         check((folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file(),
-              f"--adapter {str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+              f"adapter {str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE}", "adapter")
         from safetensors import SafetensorError
 
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
             weights = load_file(str(folder / WEIGHTS_FILE))
         except (OSError, ValueError, SafetensorError) as e:
-            raise GenlabError(f"--adapter {str(folder)!r} cannot be read: {str(e).splitlines()[0][:200]}") from None
-        where = f"--adapter {str(folder)!r}"
+            raise GenlabError(f"adapter {str(folder)!r} cannot be read: {str(e).splitlines()[0][:200]}", "adapter") from None
+        where = f"adapter {str(folder)!r}"
         check(isinstance(config, dict) and config.get("peft_type") == "LORA",
-              f"{where} is a {config.get('peft_type') if isinstance(config, dict) else 'broken'} adapter; genlab applies LoRA adapters")
-        check(isinstance(config.get("lora_alpha"), (int, float)), f"{where}: {CONFIG_FILE} has no lora_alpha")
-        check(not config.get("use_dora"), f"{where} is a DoRA adapter; genlab merges plain LoRA only")
+              f"{where} is a {config.get('peft_type') if isinstance(config, dict) else 'broken'} adapter; genlab applies LoRA adapters", "adapter")
+        check(isinstance(config.get("lora_alpha"), (int, float)), f"{where}: {CONFIG_FILE} has no lora_alpha", "adapter")
+        check(not config.get("use_dora"), f"{where} is a DoRA adapter; genlab merges plain LoRA only", "adapter")
         odd = [k for k in weights if ".lora_A." not in k and ".lora_B." not in k]
         check(not odd, f"{where} holds weights genlab cannot merge (e.g. {odd[0] if odd else ''}): only lora_A/lora_B "
-                       "pairs of linear and convolution layers")
+                       "pairs of linear and convolution layers", "adapter")
         unpaired = [k for k in weights if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") not in weights]
-        check(not unpaired, f"{where} is incomplete: {unpaired[0] if unpaired else ''} has no lora_B")
+        check(not unpaired, f"{where} is incomplete: {unpaired[0] if unpaired else ''} has no lora_B", "adapter")
         return cls(folder, config, weights)
 
     @classmethod
@@ -146,11 +146,11 @@ def merge_into(state: dict[str, torch.Tensor], adapter: Adapter, scale: float = 
     merged = dict(state)
     for layer, delta in adapter.updates().items():
         key = f"{prefix}{layer}.weight"
-        check(key in state, f"--adapter {str(adapter.folder)!r} does not fit this model: it adapts {layer!r}, which this "
-                            f"model does not have (it was trained on {adapter.base_model or 'another model'})")
+        check(key in state, f"adapter {str(adapter.folder)!r} does not fit this model: it adapts {layer!r}, which this "
+                            f"model does not have (it was trained on {adapter.base_model or 'another model'})", "adapter")
         w = state[key]
         check(tuple(w.shape) == tuple(delta.shape),
-              f"--adapter {str(adapter.folder)!r} does not fit this model: {layer} is {tuple(w.shape)} here and "
-              f"{tuple(delta.shape)} in the adapter (it was trained on {adapter.base_model or 'another model'})")
+              f"adapter {str(adapter.folder)!r} does not fit this model: {layer} is {tuple(w.shape)} here and "
+              f"{tuple(delta.shape)} in the adapter (it was trained on {adapter.base_model or 'another model'})", "adapter")
         merged[key] = (w.float() + scale * delta.to(w.device)).to(w.dtype)
     return merged

@@ -116,5 +116,7 @@ def error_event(e: Exception, **extra) -> str:
     """A failure after a stream has started (its 200 headers are gone): OpenAI's error shape, as an event."""
     from genlab.errors import GenlabError
 
-    message = str(e) if isinstance(e, GenlabError) else f"internal error: {type(e).__name__}: {e}"
+    from genlab.server.protocol import request_field
+
+    message = e.renamed(request_field) if isinstance(e, GenlabError) else f"internal error: {type(e).__name__}: {e}"
     return sse({**extra, "error": {"message": message, "type": "server_error", "param": None, "code": None}})

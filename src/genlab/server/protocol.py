@@ -235,7 +235,15 @@ class APIError(Exception):
 
     @classmethod
     def from_genlab(cls, e: GenlabError) -> "APIError":
-        return cls(400, str(e))
+        """A 400 naming the request field the library's check was about (by its name in the request)."""
+        return cls(400, e.renamed(request_field), param=request_field(e.fields[0].split()[0]) if e.fields else None)
+
+
+REQUEST_FIELDS = {"guidance": "guidance_scale", "max_new_tokens": "max_tokens"}  # library field -> request field
+
+
+def request_field(name: str) -> str:
+    return REQUEST_FIELDS.get(name, name)
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:

@@ -48,7 +48,7 @@ class TextGenerator:
         if self.kind.name == "diffusion-lm":  # unmasking.py: the same calls, another sampler
             from genlab.diffusion.unmasking import UnmaskingText
 
-            check(adapter is None, "--adapter works with causal LMs; a masked-diffusion LM takes no LoRA adapter yet")
+            check(adapter is None, "adapter works with causal LMs; a masked-diffusion LM takes no LoRA adapter yet", "adapter")
             self.lm = self.unmasker = UnmaskingText(self.folder)
         else:
             from genlab.lora.adapter import Adapter

@@ -49,7 +49,7 @@ def resolve(spec: str) -> Path:
     """Return a Hugging Face model folder for `spec`, converting or locating it as needed."""
     spec = (spec or "").strip()
     if not spec:
-        raise GenlabError(f"--model is empty; accepted: {accepted()}")
+        raise GenlabError(f"model is empty; accepted: {accepted()}", "model")
     if spec in BUNDLED:
         return converted_gguf(bundled_file(spec))
     from genlab.registry import BUNDLED as ALL_BUNDLED, locate

@@ -26,10 +26,6 @@ class OptionError(GenlabError):
     """Bad option value; `fields` are the option names the message mentions, in order (or a phrase that
     starts with one, "layout 0", where the name's first mention is not the field)."""
 
-    def __init__(self, message: str, *fields: str):
-        super().__init__(message)
-        self.fields = fields
-
 
 def check_option(condition: bool, message: str, *fields: str) -> None:
     if not condition:
