@@ -41,9 +41,16 @@ test-all: install
 	$(BIN)/python -m pytest -m ''
 
 # Optional: llama.cpp for the comparison in benchmarks/ (builds from source, ~10 min).
+# On CPUs with AMX (Xeon Sapphire Rapids and later) a native build of llama-cpp-python 0.3.36
+# crashes in its first decode; there it is built for AVX-512 without AMX instead.
+LLAMA_CMAKE := $(shell grep -q amx_int8 /proc/cpuinfo 2>/dev/null && echo "-DGGML_NATIVE=OFF -DGGML_AVX=ON \
+  -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON \
+  -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF")
+
 bench: install
-	$(BIN)/pip install --quiet -e '.[bench]'
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/text_decode.py
+	$(BIN)/python benchmarks/speculative.py
 	$(BIN)/python benchmarks/image_speed.py
 	$(BIN)/python benchmarks/image_quality.py
 

@@ -57,7 +57,9 @@ def outputs(names: list[str] | None = None) -> dict:
         from genlab import TextGenerator
 
         gen = TextGenerator("pydoc-gpt", dtype="float32")
-        r = gen.complete("The for statement", raw=True, max_new_tokens=24, temperature=0.8, seed=0)
+        # sampled through the plain loop, whose draws these seeds recorded; greedy through the default
+        # (speculative) path, which must write the plain loop's tokens
+        r = gen.complete("The for statement", raw=True, max_new_tokens=24, temperature=0.8, seed=0, speculative="off")
         g = gen.complete("The for statement", raw=True, max_new_tokens=24, temperature=0)
         out["pydoc-gpt"] = {"sampled": [t.token_id for t in r.tokens], "greedy": [t.token_id for t in g.tokens]}
     if want("pydoc-mdlm"):
@@ -72,7 +74,7 @@ def outputs(names: list[str] | None = None) -> dict:
 
         gen = TextGenerator("smollm2-135m-instruct", dtype="float32")
         g = gen.complete("What is a KV cache?", max_new_tokens=24, temperature=0)
-        r = gen.complete("Write a haiku about CPUs", max_new_tokens=24, temperature=0.7, seed=0)
+        r = gen.complete("Write a haiku about CPUs", max_new_tokens=24, temperature=0.7, seed=0, speculative="off")
         out["smollm2-135m-instruct"] = {"greedy": [t.token_id for t in g.tokens], "sampled": [t.token_id for t in r.tokens]}
     return out
 

@@ -145,6 +145,20 @@ def test_stop_strings_and_extensions(client, text_gen):
     assert answer.choices[0].message.content == expected.text and "," not in expected.text
 
 
+def test_speculative_extension_and_its_counts_in_usage(client, text_gen):
+    messages = [{"role": "user", "content": "Repeat exactly: one two three four five six seven eight nine ten"}]
+    answer = client.chat.completions.create(model=TEXT, messages=messages, max_tokens=30, temperature=0,
+                                            extra_body={"speculative": "lookup"})
+    plain = client.chat.completions.create(model=TEXT, messages=messages, max_tokens=30, temperature=0,
+                                           extra_body={"speculative": "off"})
+    expected = text_gen.complete(messages=messages, max_new_tokens=30, temperature=0, speculative="lookup")
+    assert answer.choices[0].message.content == plain.choices[0].message.content == expected.text
+    kept = answer.usage.model_extra["speculative"]
+    assert kept == {"draft_tokens": expected.stats.draft_tokens, "accepted_tokens": expected.stats.accepted_tokens}
+    assert 0 < kept["accepted_tokens"] <= kept["draft_tokens"]
+    assert plain.usage.model_extra["speculative"] == {"draft_tokens": 0, "accepted_tokens": 0}
+
+
 # -- images ----------------------------------------------------------------------------------------------
 
 def test_images_match_python_api_and_cli(server, client, tmp_path):
@@ -209,6 +223,7 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     ("/v1/chat/completions", {"messages": HI, "model": "digits"}, 404, "model", "is an image model"),
     ("/v1/chat/completions", {"messages": HI, "tools": []}, 422, "tools", "unknown field"),
     ("/v1/chat/completions", {"messages": HI, "top_logprobs": 3}, 400, None, "needs logprobs"),
+    ("/v1/chat/completions", {"messages": HI, "speculative": "always"}, 400, "speculative", "speculative must be one of off, lookup, auto"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, None, "'text'"),
     ("/v1/completions", {"prompt": "x", "echo": True}, 422, "echo", "not supported"),
     ("/v1/completions", {"prompt": "x", "logprobs": 9}, 400, None, "between 0 and 5"),

@@ -4,7 +4,8 @@
     repeat: pick a token from the logits (sampling.py), feed just that token back
             (the KV cache holds everything earlier), get the next logits
 
-`decode()` yields one TokenStep per generated token; `detokenize()` turns those into
+`decode()` yields one TokenStep per generated token (speculative.py yields the same tokens
+with fewer passes of the model, by checking guesses); `detokenize()` turns those into
 text pieces, waiting out half-finished UTF-8 characters and cutting at stop strings.
 The CLI, the Python API, the server and the benchmarks all consume these two generators.
 """
@@ -37,6 +38,15 @@ class LanguageModel(Protocol):
         """Append ids to the cache; return the logits (V,) float32 for the position after them."""
         ...
 
+    # optional, for speculative decoding (speculative.py): an engine without them decodes plainly
+    def forward_all(self, ids: list[int], cache, count: int) -> torch.Tensor:
+        """Append ids; return the logits (count, V) for the positions after each of the last `count` ids."""
+        ...
+
+    def rewind(self, cache, length: int) -> None:
+        """Forget every position from `length` on (the keys and values of rejected guesses)."""
+        ...
+
 
 @dataclass
 class TokenStep:
@@ -54,26 +64,34 @@ class TextPiece:
 
 
 def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, seed: int) -> Iterator[TokenStep]:
-    """Generate up to params.max_new_tokens tokens after prompt_ids, one TokenStep each."""
+    """Generate up to params.max_new_tokens tokens after prompt_ids, one TokenStep each.
+    (speculative.py writes the same tokens with fewer passes of the model.)"""
     rng = torch.Generator().manual_seed(seed)
     cache = lm.new_cache(len(prompt_ids) + params.max_new_tokens)
     seen = torch.tensor(prompt_ids, dtype=torch.long)  # for the repetition penalty
     logits = lm.forward(prompt_ids, cache)  # prefill: (V,)
     for i in range(params.max_new_tokens):
         token = next_token(logits, seen, params, rng)
-        logprobs = logits.log_softmax(dim=-1)
-        top = []
-        if params.top_logprobs:
-            values, ids = logprobs.topk(params.top_logprobs)
-            top = [(int(t), float(v.exp())) for t, v in zip(ids, values)]
-        ended = token in lm.stop_token_ids and not params.ignore_eos
-        finish = "stop" if ended else "length" if i == params.max_new_tokens - 1 else None
-        yield TokenStep(token, float(logprobs[token]), top, finish)
-        if finish:
+        step = token_step(lm, logits, token, params, i)
+        yield step
+        if step.finish_reason:
             return
         if params.repetition_penalty != 1.0:
             seen = torch.cat([seen, torch.tensor([token])])
         logits = lm.forward([token], cache)
+
+
+def token_step(lm: LanguageModel, logits: torch.Tensor, token: int, params: SamplingParams, i: int) -> TokenStep:
+    """The record of choosing `token` from `logits` (V,) as the i-th new token: its log-probability,
+    the top candidates, and whether it ends the reply."""
+    logprobs = logits.log_softmax(dim=-1)
+    top = []
+    if params.top_logprobs:
+        values, ids = logprobs.topk(params.top_logprobs)
+        top = [(int(t), float(v.exp())) for t, v in zip(ids, values)]
+    ended = token in lm.stop_token_ids and not params.ignore_eos
+    finish = "stop" if ended else "length" if i == params.max_new_tokens - 1 else None
+    return TokenStep(token, float(logprobs[token]), top, finish)
 
 
 def detokenize(tokenizer, steps: Iterator[TokenStep], stop: list[str] = ()) -> Iterator[TextPiece]:
@@ -124,6 +142,12 @@ class DecodeStats:
     completion_tokens: int = 0
     ttft_s: float = 0.0  # time to first token: prefill plus one sampling step
     total_s: float = 0.0
+    draft_tokens: int = 0  # speculative decoding: tokens the draft proposed ...
+    accepted_tokens: int = 0  # ... and those the model kept
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -17,6 +17,8 @@ import torch
 
 from genlab.errors import check, check_number, check_text
 
+SPECULATIVE = ("off", "lookup", "auto")  # speculative.py: how many tokens a pass may write; never what they are
+
 
 @dataclass
 class SamplingParams:
@@ -35,6 +37,7 @@ class SamplingParams:
     seed: int | None = None  # None = a fresh random seed, reported back so a run can be repeated
     top_logprobs: int = 0  # how many top candidates to report at each step
     ignore_eos: bool = False  # keep going past the end-of-turn token (benchmarks want fixed lengths)
+    speculative: str = "auto"  # off, lookup (draft from n-grams of the text so far) or auto (speculative.py)
 
     def __post_init__(self):
         check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
@@ -47,6 +50,8 @@ class SamplingParams:
         for s in self.stop:
             check_text("a stop string", s)
         check_number("top_logprobs", self.top_logprobs, 0, 20, integer=True)
+        check(self.speculative in SPECULATIVE,
+              f"speculative must be one of {', '.join(SPECULATIVE)}, got {self.speculative!r}", "speculative")
         check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
               f"seed must be an integer in [0, 2^63) (got {self.seed!r})")
 

@@ -16,7 +16,9 @@ from genlab.progress import console
 # -- shared options --------------------------------------------------------------
 Model = Annotated[str, typer.Option("--model", "-m", help="Bundled name, .gguf file, Hugging Face folder or hub id.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Dtype = Annotated[str, typer.Option(help="auto (fastest on this machine), float32, float16 or bfloat16.")]
+Dtype = Annotated[str, typer.Option(help="auto (fastest on this machine), float32, float16 or bfloat16 (engine torch).")]
+Engine = Annotated[str, typer.Option(help="auto (the fastest here, measured once), onnx (a GGUF's own 4-bit weights on "
+                                          "ONNX Runtime, CPU) or torch (genlab's transformer in float: --dtype, GPUs).")]
 Temperature = Annotated[float, typer.Option(help="Randomness; 0 = greedy (always the most likely token).")]
 TopK = Annotated[int, typer.Option("--top-k", help="Keep only the K most likely tokens; 0 = off.")]
 TopP = Annotated[float, typer.Option("--top-p", help="Keep the most likely tokens up to this total probability; 1 = off.")]
@@ -26,15 +28,18 @@ MaxNew = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after 
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text; repeat for several.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text. Default: random, printed with --json.")]
 System = Annotated[Optional[str], typer.Option(help="System message for chat models.")]
+Speculative = Annotated[str, typer.Option(help="Speculative decoding: auto (on where the engine supports it), lookup "
+                                                "(guess the next tokens from n-grams of the prompt and the reply; one "
+                                                "pass checks them, so the text is what off writes) or off.")]
 AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter folder (genlab finetune text, or "
                                                    "any PEFT LoRA for --model), merged into the weights on load.")]
 
 
-def _generator(model: str, device: str, dtype: str, adapter: str | None = None):
-    # a warm load takes ~1.5 s; the one slow case, first-use conversion, shows its own bar
+def _generator(model: str, device: str, dtype: str, adapter: str | None = None, engine: str = "auto"):
+    # a warm load takes ~1.5 s; the slow cases, first-use conversion and graph building, show their own bars
     from genlab.text.generator import TextGenerator
 
-    return TextGenerator(model, device=device, dtype=dtype, adapter=adapter)
+    return TextGenerator(model, device=device, dtype=dtype, adapter=adapter, engine=engine)
 
 
 def _sampling(**kw):
@@ -59,6 +64,7 @@ def text(
     seed: Seed = None,
     system: System = None,
     adapter: AdapterOpt = None,
+    speculative: Speculative = "auto",
     steps: Annotated[Optional[int], typer.Option(help="Masked-diffusion LMs (pydoc-mdlm): unmasking steps, each one network "
                                                       "call that reveals part of the block. [default: one per token]")] = None,
     raw: Annotated[bool, typer.Option(help="Continue the prompt as plain text instead of answering it as a chat.")] = False,
@@ -66,6 +72,7 @@ def text(
     top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="Candidates per token in --json output (0-20).")] = 5,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    engine: Engine = "auto",
 ):
     """Generate text from a prompt, streaming it to stdout.
 
@@ -78,8 +85,9 @@ def text(
     if system:
         check_text("--system", system)
     params = _sampling(max_new_tokens=256 if max_new_tokens is None else max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0)
-    gen = _generator(model, device, dtype, adapter)
+                       repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0,
+                       speculative=speculative)
+    gen = _generator(model, device, dtype, adapter, engine)
     if gen.unmasker:  # a masked-diffusion LM: a block of tokens, no per-token logprobs
         from genlab.diffusion.unmasking import DEFAULT_TOKENS
 
@@ -125,6 +133,8 @@ def generation_json(gen, result) -> dict:
         "usage": {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens},
         "timings": {"load_s": round(gen.load_s, 3), "ttft_s": round(s.ttft_s, 4), "total_s": round(s.total_s, 4),
                     "decode_tokens_per_s": round(s.decode_tokens_per_s, 2)},
+        "speculative": {"draft_tokens": s.draft_tokens, "accepted_tokens": s.accepted_tokens,
+                        "acceptance_rate": round(s.acceptance_rate, 4)},
         "tokens": [
             {"id": t.token_id, "token": tok.token_text(t.token_id), "logprob": round(t.logprob, 5),
              "top": [{"id": i, "token": tok.token_text(i), "prob": round(p, 5)} for i, p in t.top]}
@@ -136,7 +146,9 @@ def generation_json(gen, result) -> dict:
 def _print_stats(gen, s) -> None:
     console.print(
         f"[dim]{gen.model_name}: load {gen.load_s:.2f} s · {s.prompt_tokens} prompt tokens · "
-        f"first token {s.ttft_s * 1000:.0f} ms · {s.completion_tokens} tokens at {s.decode_tokens_per_s:.1f} tok/s · seed {s.seed}[/]"
+        f"first token {s.ttft_s * 1000:.0f} ms · {s.completion_tokens} tokens at {s.decode_tokens_per_s:.1f} tok/s · "
+        + (f"{s.accepted_tokens} of {s.draft_tokens} guessed tokens kept · " if s.draft_tokens else "")
+        + f"seed {s.seed}[/]"
     )
 
 
@@ -152,18 +164,20 @@ def chat(
     seed: Seed = None,
     system: System = None,
     adapter: AdapterOpt = None,
+    speculative: Speculative = "auto",
     device: Device = "auto",
     dtype: Dtype = "auto",
+    engine: Engine = "auto",
 ):
     """Talk with a chat model; the conversation is kept between turns.
 
     Type /reset to start over and /exit (or Ctrl-D) to quit.
     """
     params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       repetition_penalty=repetition_penalty, seed=seed)
+                       repetition_penalty=repetition_penalty, seed=seed, speculative=speculative)
     if system:
         check_text("--system", system)
-    gen = _generator(model, device, dtype, adapter)
+    gen = _generator(model, device, dtype, adapter, engine)
     from genlab.autoregressive.decode import DecodeStats
 
     start = [{"role": "system", "content": system}] if system else []

@@ -46,6 +46,7 @@ class TextParams(Strict):
     top_k: Optional[int] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
+    speculative: Optional[str] = None  # off, lookup or auto: genlab's speculative decoding (same text, faster)
     # accepted for compatibility; only their neutral values
     frequency_penalty: Optional[float] = 0.0
     presence_penalty: Optional[float] = 0.0
@@ -71,7 +72,7 @@ class TextParams(Strict):
     def sampling(self, max_new_tokens: int, top_logprobs: int, choice: int) -> dict:
         """SamplingParams keyword arguments; choice i of n uses seed + i, so n=1 matches the CLI."""
         fields = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
-                  "repetition_penalty": self.repetition_penalty}
+                  "repetition_penalty": self.repetition_penalty, "speculative": self.speculative}
         kwargs = {k: v for k, v in fields.items() if v is not None}
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         check(len(stop) <= 4, f"stop takes at most 4 strings, got {len(stop)}")
@@ -185,9 +186,14 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, stats: list | None = None) -> dict:
+    """OpenAI's usage, and genlab's extension: of the tokens speculative decoding guessed, how many were kept."""
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    if stats is not None:
+        out["speculative"] = {"draft_tokens": sum(s.draft_tokens for s in stats),
+                              "accepted_tokens": sum(s.accepted_tokens for s in stats)}
+    return out
 
 
 def chat_logprobs(tokenizer, steps: list[TokenStep]) -> dict:

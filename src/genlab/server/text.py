@@ -98,7 +98,7 @@ async def respond(request: Request, gen, name: str, body, choices: list[Choice],
     prompt_tokens = sum(g.stats.prompt_tokens for c, g in zip(choices, done) if c.index % body.n == 0)
     return {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion" if chat else "text_completion",
             "created": now(), "model": name, "system_fingerprint": FINGERPRINT, "choices": out,
-            "usage": usage(prompt_tokens, sum(g.stats.completion_tokens for g in done)),
+            "usage": usage(prompt_tokens, sum(g.stats.completion_tokens for g in done), [g.stats for g in done]),
             "seed": body.seed,
             "timings": _timings(done[0].stats)}
 
@@ -114,10 +114,12 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
                     "choices": [choice] if choice else [], **extra})
 
     prompt_tokens = completion_tokens = 0
+    every = []  # each choice's DecodeStats, for the usage chunk
     try:
         async with ticket.slot():
             for c in choices:
                 stats, offset = DecodeStats(), 0  # characters of this choice's text already sent
+                every.append(stats)
                 if chat:
                     yield chunk({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None})
@@ -134,7 +136,7 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
                 prompt_tokens += stats.prompt_tokens if c.index % body.n == 0 else 0
                 completion_tokens += stats.completion_tokens
         if include_usage:
-            yield chunk(None, usage=usage(prompt_tokens, completion_tokens))
+            yield chunk(None, usage=usage(prompt_tokens, completion_tokens, every))
     except Exception as e:
         yield error_event(e)
     yield DONE
@@ -153,4 +155,5 @@ def _logprobs(gen, body, choice: Choice, tokens, chat: bool, offset: int) -> dic
 def _timings(stats: DecodeStats) -> dict:
     """genlab's extension, as llama.cpp's server reports: the cost of one choice."""
     return {"prompt_tokens": stats.prompt_tokens, "ttft_s": round(stats.ttft_s, 4), "total_s": round(stats.total_s, 4),
-            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2), "seed": stats.seed}
+            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2), "seed": stats.seed,
+            "draft_tokens": stats.draft_tokens, "accepted_tokens": stats.accepted_tokens}

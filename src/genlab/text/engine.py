@@ -1,9 +1,10 @@
 """Engines: objects that turn token ids into next-token logits (the LanguageModel protocol).
 
-  TorchLlama        genlab's own transformer (nn/transformer.py): the fast path for Llama-shaped models.
+  OnnxLlama         a GGUF's 4-bit weights on ONNX Runtime (onnx_llama.py): the CPU engine for GGUF models.
+  TorchLlama        genlab's own transformer (nn/transformer.py) in float: GPUs, float folders, --dtype.
   TransformersModel any causal LM transformers can load, through its own cache; the fallback.
 
-`load_language_model()` picks one. A new backend (llama.cpp for GGUF files, say) is a new
+`load_language_model()` picks one (`engine` auto, onnx or torch). A new backend is a new
 class with the same three members, and nothing in decode.py, the CLI or the server changes.
 """
 
@@ -24,6 +25,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class TorchLlama:
+    engine = "torch"
+
     def __init__(self, model: Transformer, tokenizer: Tokenizer, stop_token_ids: set[int]):
         self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
         self.context_length = model.cfg.max_seq_len
@@ -39,8 +42,20 @@ class TorchLlama:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         return self.model(idx, cache, last_only=True)[0, -1].cpu()
 
+    @torch.inference_mode()
+    def forward_all(self, ids: list[int], cache, count: int) -> torch.Tensor:
+        """Append ids; the logits (count, V) after each of the last `count` of them (speculative.py)."""
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(idx, cache)[0, -count:].cpu()
+
+    def rewind(self, cache, length: int) -> None:
+        """Keep the first `length` positions; the next forward overwrites the rest."""
+        cache.pos = min(cache.pos, length)
+
 
 class TransformersModel:
+    engine = "torch"  # the torch engine's fallback for shapes TorchLlama does not cover
+
     def __init__(self, model, tokenizer: Tokenizer, stop_token_ids: set[int]):
         self.model, self.tokenizer, self.stop_token_ids = model, tokenizer, stop_token_ids
         self.context_length = getattr(model.config, "max_position_embeddings", 2048)
@@ -57,6 +72,15 @@ class TransformersModel:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         out = self.model(input_ids=idx, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float().cpu()
+
+    @torch.inference_mode()
+    def forward_all(self, ids: list[int], cache, count: int) -> torch.Tensor:
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=idx, past_key_values=cache, use_cache=True, logits_to_keep=count)
+        return out.logits[0, -count:].float().cpu()
+
+    def rewind(self, cache, length: int) -> None:
+        cache.crop(length)
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
@@ -137,16 +161,89 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto", adapter=None):
-    """Load a Hugging Face model folder as an engine (TorchLlama when the shape allows).
+ENGINES = ("auto", "onnx", "torch")
+
+
+def pick_engine(engine: str, device: torch.device, dtype: str, gguf: Path | None) -> str:
+    """"onnx" (4-bit, onnx_llama.py) or "torch" (genlab's transformer in float, or transformers).
+    auto takes onnx on a CPU for a GGUF model when onnxruntime is installed and measured faster here;
+    it never quantises a model that was not quantised already."""
+    from genlab.text import onnx_llama
+
+    if engine not in ENGINES:
+        raise GenlabError(f"unknown engine {engine!r}; accepted: {', '.join(ENGINES)}", "engine")
+    if engine == "torch":
+        return "torch"
+    if engine == "auto":
+        fits = device.type == "cpu" and dtype == "auto" and gguf is not None and onnx_llama.available()
+        return "onnx" if fits and fastest_cpu_engine() == "onnx" else "torch"
+    if not onnx_llama.available():
+        raise GenlabError("engine onnx needs onnxruntime and onnx, which are not installed here: "
+                          "pip install onnxruntime onnx (make install does), or choose the torch engine", "engine")
+    if device.type != "cpu":
+        raise GenlabError(f"engine onnx runs on the CPU; device {device.type} runs on the torch engine", "engine")
+    if dtype != "auto":
+        raise GenlabError(f"dtype {dtype} needs engine torch: the onnx engine computes with the GGUF's own 4-bit "
+                          "weights, so its dtype is auto", "dtype", "engine")
+    if gguf is None:
+        raise GenlabError("engine onnx runs GGUF models (a bundled model or a .gguf file); a folder of "
+                          "float weights runs on the torch engine", "engine")
+    return "onnx"
+
+
+@functools.cache
+def fastest_cpu_engine() -> str:
+    """Whether a 4-bit ONNX Runtime matmul beats torch's fastest float one for a decode-shaped
+    product on this CPU (~0.2 s), measured once per machine and kept, as fastest_cpu_dtype is."""
+    from genlab.store import atomic_write_bytes, genlab_home
+    from genlab.text import onnx_llama
+
+    import onnxruntime
+
+    key = f"{cpu_model()}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}"
+    cache = genlab_home() / "cpu_engine.json"
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key and saved.get("engine") in ("onnx", "torch"):
+            return saved["engine"]
+    except (OSError, ValueError):
+        pass
+    onnx_s, torch_s = onnx_llama.time_matmul(4096, 1024), _time_linear(4096, 1024, fastest_cpu_dtype())
+    best = "onnx" if onnx_s < torch_s else "torch"
+    try:
+        atomic_write_bytes(cache, json.dumps({"key": key, "engine": best, "onnx_s": onnx_s, "torch_s": torch_s}).encode())
+    except OSError:
+        pass
+    return best
+
+
+def _time_linear(n: int, k: int, dtype: torch.dtype) -> float:
+    x, w = torch.randn(1, k).to(dtype), torch.randn(n, k).to(dtype)
+    torch.nn.functional.linear(x, w)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(8):
+            torch.nn.functional.linear(x, w)
+        best = min(best, (time.perf_counter() - t) / 8)
+    return best
+
+
+def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto", adapter=None,
+                        engine: str = "auto", gguf: Path | None = None):
+    """Load a Hugging Face model folder as an engine: OnnxLlama (4-bit, from `gguf`, the file the folder
+    was converted from), TorchLlama when the shape allows, else transformers.
     `adapter` (a genlab.lora.adapter.Adapter) is merged into the weights first: decoding then costs what the base costs."""
     from genlab.lora.adapter import merge_into
 
     dev = resolve_device(device)
     dt = pick_dtype(dev, dtype)
+    chosen = pick_engine(engine, dev, dtype, gguf)
     config = json.loads((folder / "config.json").read_text())
     tokenizer = Tokenizer.from_folder(folder)
     stop_ids = _stop_token_ids(folder, config, tokenizer)
+    if chosen == "onnx":
+        return _onnx_engine(folder, gguf, config, tokenizer, stop_ids, adapter)
     try:
         from genlab.store import load_weights
 
@@ -166,6 +263,40 @@ def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto",
     if adapter is not None:
         model.load_state_dict(merge_into(model.state_dict(), adapter))
     return TransformersModel(model, tokenizer, stop_ids)
+
+
+def _onnx_engine(folder: Path, gguf: Path, config: dict, tokenizer: Tokenizer, stop_ids: set[int], adapter):
+    """The 4-bit engine: its graph is built once per GGUF and cached; with an adapter, the adapted layers
+    are merged in float, then quantised (merge first, then quantise), and the graph is built afresh."""
+    from safetensors import safe_open
+
+    from genlab.text import onnx_llama
+
+    if config.get("model_type") != "llama":
+        raise GenlabError(f"engine onnx runs Llama-architecture models; this one is {config.get('model_type')!r}: "
+                          "it runs on the torch engine", "engine")
+    count = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            count += sum(int(torch.Size(st.get_slice(k).get_shape()).numel()) for k in st.keys())
+    if adapter is None:
+        model = onnx_llama.cached_build(gguf, folder)
+    else:
+        from genlab.lora.adapter import merge_into
+        from genlab.progress import stage_progress
+        from genlab.store import load_weights
+
+        state: dict = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            state.update(load_weights(f))
+        if config.get("tie_word_embeddings") and "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        merged = merge_into(state, adapter)
+        overrides = {k: v for k, v in merged.items() if v is not state[k]}
+        with stage_progress("Building the 4-bit graph with the adapter merged in (about 8 s here)", 1) as advance:
+            advance("merging, quantising and repacking")
+            model = onnx_llama.build(onnx_llama.GgufWeights(gguf, overrides))
+    return onnx_llama.OnnxLlama(model, tokenizer, stop_ids, config.get("max_position_embeddings", 2048), count)
 
 
 def _stop_token_ids(folder: Path, config: dict, tokenizer: Tokenizer) -> set[int]:

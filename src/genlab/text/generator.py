@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from genlab.errors import GenlabError, check
+from genlab.autoregressive import speculative
 from genlab.autoregressive.decode import TextPiece, DecodeStats, TokenStep, decode, detokenize, timed
 from genlab.autoregressive.sampling import SamplingParams
 from genlab.text.sources import DEFAULT_TEXT_MODEL, resolve
@@ -34,14 +35,20 @@ class Generation:
 
 
 class TextGenerator:
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto", adapter: str | None = None):
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto", adapter: str | None = None,
+                 engine: str = "auto"):
         """`model`: a bundled name (`genlab models`), a .gguf file, a model folder or a cached hub id.
-        `adapter`: a LoRA adapter folder (genlab finetune text, or any PEFT LoRA for this model), merged on load."""
+        `adapter`: a LoRA adapter folder (genlab finetune text, or any PEFT LoRA for this model), merged on load.
+        `engine`: auto, onnx (a GGUF's 4-bit weights on ONNX Runtime, CPU) or torch (float; text/engine.py)."""
         from genlab.registry import text_kind
-        from genlab.text.engine import load_language_model, pick_dtype, resolve_device
+        from genlab.text.engine import load_language_model, pick_dtype, pick_engine, resolve_device
+        from genlab.text.sources import gguf_file
 
         t0 = time.perf_counter()
-        pick_dtype(resolve_device(device), dtype)  # reject a bad device or dtype before any slow work
+        dev = resolve_device(device)
+        pick_dtype(dev, dtype)  # reject a bad device, dtype or engine before any slow work
+        gguf = gguf_file(model)
+        pick_engine(engine, dev, dtype, gguf)
         self.model_name = model
         self.kind = text_kind(model)
         self.folder = resolve(model)
@@ -49,13 +56,14 @@ class TextGenerator:
             from genlab.diffusion.unmasking import UnmaskingText
 
             check(adapter is None, "adapter works with causal LMs; a masked-diffusion LM takes no LoRA adapter yet", "adapter")
+            check(engine in ("auto", "torch"), "engine onnx runs causal GGUF models; a masked-diffusion LM runs on the torch engine", "engine")
             self.lm = self.unmasker = UnmaskingText(self.folder)
         else:
             from genlab.lora.adapter import Adapter
 
             lora = Adapter.for_model(adapter, model) if adapter else None
             self.unmasker = None
-            self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora)
+            self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora, engine=engine, gguf=gguf)
         self.tokenizer = self.lm.tokenizer
         self.load_s = time.perf_counter() - t0
 
@@ -84,6 +92,8 @@ class TextGenerator:
         ids = self.prompt_ids(prompt, messages, system, raw)
         if self.unmasker:
             self.unmasker.check(params, steps)
+            check(params.speculative != "lookup", "speculative lookup drafts for causal LMs; a masked-diffusion LM "
+                  "already writes many tokens a step, so only off and auto apply", "speculative")
         else:
             check(steps is None, "steps (unmasking steps) are for masked-diffusion LMs; a causal LM takes one step per token")
         self.check_fits(ids, params.max_new_tokens)
@@ -93,7 +103,12 @@ class TextGenerator:
         if self.unmasker:
             yield from self.unmasker.stream(ids, params, stats.seed, steps, stats, on_frame)
             return
-        tokens = timed(decode(self.lm, ids, params, stats.seed), stats)
+        drafter = speculative.drafter_for(self.lm, params)  # guess ahead, check in one pass: the same tokens
+        if drafter is None:
+            tokens = decode(self.lm, ids, params, stats.seed)
+        else:
+            tokens = speculative.decode(self.lm, ids, params, stats.seed, drafter, stats)
+        tokens = timed(tokens, stats)
         yield from detokenize(self.tokenizer, tokens, params.stop)
 
     def room(self, ids: list[int]) -> int:

@@ -77,6 +77,15 @@ def resolve(spec: str) -> Path:
     raise GenlabError(f"unknown model {spec!r}; accepted: {accepted()}")
 
 
+def gguf_file(spec: str) -> Path | None:
+    """The GGUF file behind `spec` (a bundled text model or a .gguf path), or None for a folder or hub id."""
+    spec = (spec or "").strip()
+    if spec in BUNDLED:
+        return bundled_file(spec)
+    path = Path(spec).expanduser()
+    return path if path.suffix.lower() == ".gguf" and path.is_file() else None
+
+
 def accepted() -> str:
     from genlab.registry import BUNDLED as ALL_BUNDLED, KINDS
 

@@ -1,0 +1,170 @@
+"""Speculative decoding: several tokens per pass of the model, with exactly the model's output.
+
+Decoding one token reads every weight once, so a pass over k+1 positions costs little more
+than a pass over one. A cheap *draft* guesses the next k tokens; one pass of the model scores
+all of them, and the guesses it agrees with are kept (Leviathan et al. 2023, Chen et al. 2023):
+
+    the draft proposes d_1..d_k, drawn from q_1..q_k   (prompt lookup: q_i is all on d_i)
+    one pass gives the model's distributions p_1..p_{k+1} (after the sampling filters)
+    for i = 1..k:  keep d_i with probability min(1, p_i(d_i) / q_i(d_i));
+                   at the first rejection, draw from norm(max(0, p_i - q_i)) instead and stop
+    all k kept:    draw one more token from p_{k+1}: it comes with the same pass
+
+Each token then follows p exactly: the chance of emitting x is q(x) min(1, p(x)/q(x)) from a
+kept guess, plus (1 - sum_y min(q(y), p(y))) norm(max(0, p - q))(x) from a rejection, and the
+two add up to p(x). At temperature 0, p is all on its argmax: a guess is kept while it is the
+argmax, so greedy text is token for token what decode.py's plain loop writes.
+
+The draft here is *prompt lookup*: find the last n tokens earlier in the prompt or the text so
+far, and guess that what followed them then follows now. It costs nothing and pays when the
+reply repeats its input (summaries, rewrites, code edits). When its guesses keep failing it
+stops guessing for a while (`Adaptive`), so open-ended text loses little.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import torch
+
+from genlab.autoregressive.decode import DecodeStats, LanguageModel, TokenStep, token_step
+from genlab.autoregressive.sampling import SamplingParams, filtered_logits
+
+
+def accept(p: torch.Tensor, q: torch.Tensor | None, guess: int, rng: torch.Generator, greedy: bool) -> int | None:
+    """Check one guess against the model's distribution p (V,): None if it is kept, else the token
+    drawn in its place from norm(max(0, p - q)). q (V,) is the draft's distribution; None means all
+    its mass was on the guess (prompt lookup). Greedy: keep the guess only if it is p's argmax."""
+    if greedy:
+        best = int(p.argmax())
+        return None if best == guess else best
+    q_guess = 1.0 if q is None else float(q[guess])
+    if float(torch.rand((), generator=rng)) * q_guess < float(p[guess]):  # u < p/q, without dividing by 0
+        return None
+    residual = p.clone()
+    if q is None:
+        residual[guess] = 0.0
+    else:
+        residual = (residual - q).clamp_min(0.0)
+    if float(residual.sum()) <= 0.0:  # p == q up to rounding: any draw from p is right
+        residual = p
+    return int(torch.multinomial(residual / residual.sum(), 1, generator=rng))
+
+
+def target(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution the plain loop would sample from (V,): the filters, then softmax.
+    Greedy keeps raw probabilities: only their argmax matters."""
+    return filtered_logits(logits, seen, params).softmax(dim=-1)
+
+
+class PromptLookup:
+    """Guess that the text goes on as it did the last time its current ending appeared."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
+        # a single matching token predicts little: with min_ngram 1, open-ended text made twice the guesses, half of them wrong
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, history: list[int], k: int) -> list[int]:
+        """Up to k tokens: what followed the latest earlier occurrence of history's last n tokens,
+        for the longest n (max_ngram down to min_ngram) that occurs."""
+        if k <= 0:
+            return []
+        for n in range(min(self.max_ngram, len(history) - 1), self.min_ngram - 1, -1):
+            tail = history[-n:]
+            for start in range(len(history) - n - 1, -1, -1):  # latest first; not the tail itself
+                if history[start:start + n] == tail:
+                    return history[start + n:start + n + k]
+        return []
+
+
+class Adaptive:
+    """How many tokens to guess: each guessed row makes the pass longer (about a fifth of a one-row
+    pass each, on the 4-bit CPU engine), so guess few until guesses are kept. k doubles after a
+    guess kept whole, falls to what was kept after a miss, and drafting pauses for `pause` tokens
+    when the recent guesses were mostly wrong. Decided from the counts alone, so a seed still
+    reproduces its text. (k_start 2, doubling, k_max 16, min_ngram 2: the best of four settings
+    tried on benchmarks/speculative.py; docs/benchmarks.md.)"""
+
+    def __init__(self, draft, k_start: int = 2, k_max: int = 16, window: int = 6, min_rate: float = 0.3, pause: int = 16):
+        self.draft, self.k, self.k_start, self.k_max = draft, k_start, k_start, k_max
+        self.recent: deque[tuple[int, int]] = deque(maxlen=window)  # (proposed, accepted) of the last guesses
+        self.min_rate, self.pause, self.paused = min_rate, pause, 0
+
+    def propose(self, history: list[int], room: int) -> list[int]:
+        if self.paused > 0:
+            self.paused -= 1
+            return []
+        return self.draft.propose(history, min(self.k, room))
+
+    def update(self, proposed: int, accepted: int) -> None:
+        if not proposed:
+            return
+        self.k = min(2 * self.k, self.k_max) if accepted == proposed else max(1, accepted)
+        self.recent.append((proposed, accepted))
+        tried, kept = sum(p for p, _ in self.recent), sum(a for _, a in self.recent)
+        if len(self.recent) == self.recent.maxlen and kept < self.min_rate * tried:
+            self.paused, self.k = self.pause, self.k_start
+            self.recent.clear()
+
+
+def drafter_for(lm: LanguageModel, params: SamplingParams) -> Adaptive | None:
+    """The draft that params.speculative asks for, or None for the plain loop. auto drafts with prompt
+    lookup on engines that score several positions in one pass (all of genlab's do)."""
+    if params.speculative == "off" or not hasattr(lm, "forward_all"):
+        return None
+    return Adaptive(PromptLookup())
+
+
+def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, seed: int, drafter: Adaptive,
+           stats: DecodeStats | None = None) -> Iterator[TokenStep]:
+    """decode.decode's contract (one TokenStep per new token), with a pass of the model per run of kept guesses."""
+    rng = torch.Generator().manual_seed(seed)
+    limit = params.max_new_tokens
+    cache = lm.new_cache(len(prompt_ids) + limit)
+    history = list(prompt_ids)
+    seen = torch.tensor(prompt_ids, dtype=torch.long)  # for the repetition penalty
+    logits = lm.forward(prompt_ids, cache)  # prefill
+    token = _draw(target(logits, seen, params), rng, params.greedy)
+    emitted = 0
+
+    def emit(row: torch.Tensor, tok: int) -> TokenStep:
+        nonlocal emitted, seen
+        step = token_step(lm, row, tok, params, emitted)
+        emitted += 1
+        history.append(tok)
+        if params.repetition_penalty != 1.0:
+            seen = torch.cat([seen, torch.tensor([tok])])
+        return step
+
+    step = emit(logits, token)
+    yield step
+    while not step.finish_reason:
+        # `token` is written but not yet in the cache: one pass feeds it and the guesses after it
+        start = len(history) - 1
+        guesses = drafter.propose(history, limit - emitted - 1)
+        rows = lm.forward_all([token] + guesses, cache, len(guesses) + 1)  # (k+1, V)
+        kept = 0
+        for j, guess in enumerate(guesses):
+            other = accept(target(rows[j], seen, params), None, guess, rng, params.greedy)
+            token = guess if other is None else other
+            step = emit(rows[j], token)
+            yield step
+            if other is not None:
+                lm.rewind(cache, start + 1 + j)  # forget the rejected guesses' keys and values
+                break
+            kept += 1
+            if step.finish_reason:
+                break
+        else:  # every guess kept: the pass also gave the next distribution
+            token = _draw(target(rows[-1], seen, params), rng, params.greedy)
+            step = emit(rows[-1], token)
+            yield step
+        drafter.update(len(guesses), kept)
+        if stats is not None:
+            stats.draft_tokens += len(guesses)
+            stats.accepted_tokens += kept
+
+
+def _draw(p: torch.Tensor, rng: torch.Generator, greedy: bool) -> int:
+    return int(p.argmax()) if greedy else int(torch.multinomial(p, 1, generator=rng))
