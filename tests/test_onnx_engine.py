@@ -43,7 +43,7 @@ def test_gguf_blocks_repack_exactly(weights):
 def test_float_weights_quantise_within_a_step():
     w = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
     four, eight = onnx_llama.quantize_4bit(w), onnx_llama.quantize_8bit(w)
-    step4 = np.repeat(four.scale, 32, axis=1)  # one quantisation step per weight
+    step4 = np.repeat(four.scale, 32, axis=1)  # one quantisation step per weight (w = step*q + block minimum)
     assert np.all(np.abs(onnx_llama.dequantize(four) - w) <= step4 / 2 + 1e-6)
     assert np.abs(onnx_llama.dequantize(eight) - w).max() < np.abs(w).max() / 127
 
@@ -131,3 +131,39 @@ def test_engine_not_installed_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(onnx_llama, "available", lambda: False)
     code, _, err = run(["text", "hi", "-n", "2", "--engine", "onnx"], capsys)
     assert_one_line_error(code, err, "--engine onnx needs onnxruntime and onnx, which are not installed here")
+
+
+def test_adapter_is_merged_then_quantised(engines, tmp_path):
+    """--adapter on the 4-bit engine: the LoRA update is merged into float weights, the changed layers are
+    quantised afresh (to 8 bits), and the result follows the float32 engine with the same adapter."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from genlab import TextGenerator
+    from genlab.lora.adapter import lora_config
+    from genlab.text.sources import resolve
+
+    base = AutoModelForCausalLM.from_pretrained(resolve(DEFAULT_TEXT_MODEL), dtype=torch.float32)
+    torch.manual_seed(0)  # PEFT draws A
+    model = peft.get_peft_model(base, lora_config(base, 4, 8.0, 0.0, "q_proj,v_proj,down_proj"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.peft_config["default"].base_model_name_or_path = DEFAULT_TEXT_MODEL
+    model.save_pretrained(str(tmp_path / "adapter"))
+
+    adapted = TextGenerator(adapter=str(tmp_path / "adapter"), engine="onnx").lm
+    reference = TextGenerator(adapter=str(tmp_path / "adapter"), engine="torch", dtype="float32").lm
+    plain = engines[0].lm
+    ids = engines[0].prompt_ids("Name three primary colours.")
+    a, r, p = (lm.forward(ids, lm.new_cache(64)) for lm in (adapted, reference, plain))
+    base = engines[1].lm.forward(ids, engines[1].lm.new_cache(64))
+
+    def kl(x, y):  # KL(softmax(y) || softmax(x)): how far x's next-token distribution is from y's
+        return float(torch.nn.functional.kl_div(x.log_softmax(0), y.log_softmax(0), log_target=True, reduction="sum"))
+
+    assert kl(base, r) > 0.1  # the adapter changes the model's next-token distribution ...
+    assert kl(a, r) < 0.1 * kl(p, r)  # ... and the 4-bit engine with it follows the float model with it
+    assert kl(a, r) < 2 * kl(p, base)  # as closely as the 4-bit engine follows the float one without it

@@ -76,6 +76,22 @@ def test_chat_streams_and_shows_token_probabilities(page, shots):
     assert page.errors == []
 
 
+def test_chat_reports_speculative_guesses_kept(page):
+    """Speculative decoding is on by default; the page says how many guessed tokens the model kept."""
+    page.click("#chat-clear")  # a new conversation
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "30")
+    page.fill("#chat-input", "Repeat exactly: one two three four five six seven eight nine ten")
+    page.press("#chat-input", "Enter")
+    page.wait_for_selector(".msg.assistant[data-done]", timeout=120_000)
+    reply = page.locator(".msg.assistant").last
+    stats = page.inner_text("#text-stats")
+    kept, guessed = (int(x) for x in stats.split(" guessed tokens kept")[0].split(" · ")[-1].split(" of "))
+    assert 0 < kept <= guessed, stats
+    assert "seven eight nine" in reply.inner_text()
+    page.fill("#temperature", "0.7")
+
+
 def test_image_previews_and_trajectory(page, server, shots):
     page.fill("#image-prompt", "a red circle above a blue square")
     page.select_option("#image-model", "shapes")

@@ -153,16 +153,18 @@ async function sendChat(event) {
   };
   if (!chat) state.chat = [];  // a continuation keeps no conversation
   const start = performance.now();
-  let first = null, tokens = 0, reply = "", finish = "done";
+  let first = null, tokens = 0, reply = "", finish = "done", guessed = null;
   const stats = (finished) => {
     const now = performance.now();
     const rate = tokens > 1 && first ? (tokens - 1) / ((now - first) / 1000) : 0;
+    // speculative decoding (on by default): how many of the tokens it guessed the model kept
+    const kept = guessed && guessed.draft_tokens ? ` · ${guessed.accepted_tokens} of ${guessed.draft_tokens} guessed tokens kept` : "";
     $("text-stats").textContent = `time to first token ${first ? ((first - start) / 1000).toFixed(2) : "–"} s · ` +
-      `${rate.toFixed(1)} tokens/s · ${tokens} tokens${finished ? ` · ${finished}` : ""}`;
+      `${rate.toFixed(1)} tokens/s · ${tokens} tokens${kept}${finished ? ` · ${finished}` : ""}`;
   };
   try {
     for await (const chunk of events(route, body, state.abort.signal)) {
-      if (chunk.usage) { tokens = chunk.usage.completion_tokens; continue; }
+      if (chunk.usage) { tokens = chunk.usage.completion_tokens; guessed = chunk.usage.speculative; continue; }
       const choice = chunk.choices[0];
       if (choice.finish_reason) {  // "length" means the reply was cut at max tokens: say so
         finish = choice.finish_reason === "length" ? "cut off at max tokens" : "done";
