@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from genlab.text import onnx_llama
+from genlab.text import gguf_blocks, onnx_llama
 from genlab.text.sources import DEFAULT_TEXT_MODEL, bundled_file
 
 pytestmark = pytest.mark.skipif(not onnx_llama.available(), reason="onnxruntime is not installed")
@@ -23,7 +23,7 @@ def engines():
 
 @pytest.fixture(scope="module")
 def weights():
-    return onnx_llama.GgufWeights(bundled_file(DEFAULT_TEXT_MODEL))
+    return gguf_blocks.GgufWeights(bundled_file(DEFAULT_TEXT_MODEL))
 
 
 def test_gguf_blocks_repack_exactly(weights):
@@ -34,18 +34,18 @@ def test_gguf_blocks_repack_exactly(weights):
         t = weights.tensors[name]
         kind = t.tensor_type.name
         kinds.add(kind)
-        packed = (onnx_llama.q4_1 if kind == "Q4_1" else onnx_llama.q8_0)(weights._blocks(name))
+        packed = (gguf_blocks.q4_1 if kind == "Q4_1" else gguf_blocks.q8_0)(weights._blocks(name))
         reference = dequantize(t.data, t.tensor_type).reshape(t.data.shape[0], -1)
-        assert np.allclose(onnx_llama.dequantize(packed), reference, rtol=0, atol=2e-6 * np.abs(reference).max()), name
+        assert np.allclose(gguf_blocks.dequantize(packed), reference, rtol=0, atol=2e-6 * np.abs(reference).max()), name
     assert kinds == {"Q4_1", "Q8_0"}  # both of the bundled file's block types were checked
 
 
 def test_float_weights_quantise_within_a_step():
     w = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
-    four, eight = onnx_llama.quantize_4bit(w), onnx_llama.quantize_8bit(w)
+    four, eight = gguf_blocks.quantize_4bit(w), gguf_blocks.quantize_8bit(w)
     step4 = np.repeat(four.scale, 32, axis=1)  # one quantisation step per weight (w = step*q + block minimum)
-    assert np.all(np.abs(onnx_llama.dequantize(four) - w) <= step4 / 2 + 1e-6)
-    assert np.abs(onnx_llama.dequantize(eight) - w).max() < np.abs(w).max() / 127
+    assert np.all(np.abs(gguf_blocks.dequantize(four) - w) <= step4 / 2 + 1e-6)
+    assert np.abs(gguf_blocks.dequantize(eight) - w).max() < np.abs(w).max() / 127
 
 
 def perplexity(lm, ids: list[int]) -> float:

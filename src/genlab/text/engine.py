@@ -245,11 +245,7 @@ def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto",
     if chosen == "onnx":
         return _onnx_engine(folder, gguf, config, tokenizer, stop_ids, adapter)
     try:
-        from genlab.store import load_weights
-
-        state: dict = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            state.update(load_weights(f))  # a torn file is one line naming it
+        state = _folder_weights(folder)
         if adapter is not None:
             state = merge_into(state, adapter)
         return TorchLlama(Transformer.from_hf(config, state, dtype=dt, device=dev), tokenizer, stop_ids)
@@ -263,6 +259,16 @@ def load_language_model(folder: Path, device: str = "auto", dtype: str = "auto",
     if adapter is not None:
         model.load_state_dict(merge_into(model.state_dict(), adapter))
     return TransformersModel(model, tokenizer, stop_ids)
+
+
+def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder's safetensors files (a torn file is one line naming it)."""
+    from genlab.store import load_weights
+
+    state: dict = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_weights(f))
+    return state
 
 
 def _onnx_engine(folder: Path, gguf: Path, config: dict, tokenizer: Tokenizer, stop_ids: set[int], adapter):
@@ -284,18 +290,16 @@ def _onnx_engine(folder: Path, gguf: Path, config: dict, tokenizer: Tokenizer, s
     else:
         from genlab.lora.adapter import merge_into
         from genlab.progress import stage_progress
-        from genlab.store import load_weights
+        from genlab.text.gguf_blocks import GgufWeights
 
-        state: dict = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            state.update(load_weights(f))
+        state = _folder_weights(folder)
         if config.get("tie_word_embeddings") and "lm_head.weight" not in state:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         merged = merge_into(state, adapter)
         overrides = {k: v for k, v in merged.items() if v is not state[k]}
         with stage_progress("Building the 4-bit graph with the adapter merged in (about 8 s here)", 1) as advance:
             advance("merging, quantising and repacking")
-            model = onnx_llama.build(onnx_llama.GgufWeights(gguf, overrides))
+            model = onnx_llama.build(GgufWeights(gguf, overrides))
     return onnx_llama.OnnxLlama(model, tokenizer, stop_ids, config.get("max_position_embeddings", 2048), count)
 
 
