@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from genlab.autoregressive.decode import DecodeStats, LanguageModel, TokenStep, token_step
-from genlab.autoregressive.sampling import SamplingParams, filtered_logits
+from genlab.autoregressive.sampling import SamplingParams, filtered_logits, next_token
 
 
 def accept(p: torch.Tensor, q: torch.Tensor | None, guess: int, rng: torch.Generator, greedy: bool) -> int | None:
@@ -125,7 +125,7 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
     history = list(prompt_ids)
     seen = torch.tensor(prompt_ids, dtype=torch.long)  # for the repetition penalty
     logits = lm.forward(prompt_ids, cache)  # prefill
-    token = _draw(target(logits, seen, params), rng, params.greedy)
+    token = next_token(logits, seen, params, rng)  # the first token, as the plain loop draws it
     emitted = 0
 
     def emit(row: torch.Tensor, tok: int) -> TokenStep:
@@ -145,6 +145,8 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
         guesses = drafter.propose(history, limit - emitted - 1)
         rows = lm.forward_all([token] + guesses, cache, len(guesses) + 1)  # (k+1, V)
         kept = 0
+        if stats is not None:
+            stats.draft_tokens += len(guesses)
         for j, guess in enumerate(guesses):
             other = accept(target(rows[j], seen, params), None, guess, rng, params.greedy)
             token = guess if other is None else other
@@ -154,17 +156,12 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
                 lm.rewind(cache, start + 1 + j)  # forget the rejected guesses' keys and values
                 break
             kept += 1
+            if stats is not None:
+                stats.accepted_tokens += 1
             if step.finish_reason:
                 break
         else:  # every guess kept: the pass also gave the next distribution
-            token = _draw(target(rows[-1], seen, params), rng, params.greedy)
+            token = next_token(rows[-1], seen, params, rng)
             step = emit(rows[-1], token)
             yield step
         drafter.update(len(guesses), kept)
-        if stats is not None:
-            stats.draft_tokens += len(guesses)
-            stats.accepted_tokens += kept
-
-
-def _draw(p: torch.Tensor, rng: torch.Generator, greedy: bool) -> int:
-    return int(p.argmax()) if greedy else int(torch.multinomial(p, 1, generator=rng))
