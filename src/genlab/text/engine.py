@@ -114,17 +114,9 @@ def fastest_cpu_dtype() -> torch.dtype:
             return DTYPES[saved["dtype"]]
     except (OSError, ValueError):
         pass
-    x32, w32 = torch.randn(1, 1024), torch.randn(4096, 1024)
     best, best_t = torch.float32, float("inf")
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        x, w = x32.to(dtype), w32.to(dtype)
-        torch.nn.functional.linear(x, w)
-        elapsed = float("inf")
-        for _ in range(5):  # the quickest of five rounds: the least disturbed by other work
-            t = time.perf_counter()
-            for _ in range(8):
-                torch.nn.functional.linear(x, w)
-            elapsed = min(elapsed, time.perf_counter() - t)
+        elapsed = _time_linear(4096, 1024, dtype)
         if elapsed < best_t * 0.8:  # switch away from fp32 only for a clear win
             best, best_t = dtype, elapsed
     name = next(n for n, d in DTYPES.items() if d == best)
@@ -208,7 +200,7 @@ def fastest_cpu_engine() -> str:
             return saved["engine"]
     except (OSError, ValueError):
         pass
-    onnx_s, torch_s = onnx_llama.time_matmul(4096, 1024), _time_linear(4096, 1024, fastest_cpu_dtype())
+    onnx_s, torch_s = quickest(onnx_llama.matmul_probe(4096, 1024)), _time_linear(4096, 1024, fastest_cpu_dtype())
     best = "onnx" if onnx_s < torch_s else "torch"
     try:
         atomic_write_bytes(cache, json.dumps({"key": key, "engine": best, "onnx_s": onnx_s, "torch_s": torch_s}).encode())
@@ -218,14 +210,21 @@ def fastest_cpu_engine() -> str:
 
 
 def _time_linear(n: int, k: int, dtype: torch.dtype) -> float:
-    x, w = torch.randn(1, k).to(dtype), torch.randn(n, k).to(dtype)
-    torch.nn.functional.linear(x, w)
+    """Seconds for one decode-shaped (1 x k) @ (k x n) product in `dtype`."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, k, generator=g).to(dtype), torch.randn(n, k, generator=g).to(dtype)
+    return quickest(lambda: torch.nn.functional.linear(x, w))
+
+
+def quickest(call, rounds: int = 5, calls: int = 8) -> float:
+    """Seconds per call of `call()`, from the quickest of `rounds` rounds (the least disturbed by other work)."""
+    call()  # warm up
     best = float("inf")
-    for _ in range(5):
+    for _ in range(rounds):
         t = time.perf_counter()
-        for _ in range(8):
-            torch.nn.functional.linear(x, w)
-        best = min(best, (time.perf_counter() - t) / 8)
+        for _ in range(calls):
+            call()
+        best = min(best, (time.perf_counter() - t) / calls)
     return best
 
 

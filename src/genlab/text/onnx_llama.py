@@ -179,11 +179,20 @@ def cached_build(gguf: Path, folder: Path) -> bytes:
     return data
 
 
-def time_matmul(n: int, k: int) -> float:
-    """Seconds for one decode-shaped (1 x k) @ (k x n) 4-bit MatMulNBits product here: the quickest of five rounds."""
-    import time
-
+def session(model_bytes: bytes):
+    """An ONNX Runtime CPU session on every core this process may use, ops one after another."""
     import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def matmul_probe(n: int, k: int):
+    """A call that runs one decode-shaped (1 x k) @ (k x n) 4-bit MatMulNBits product, for timing (engine.py)."""
     from onnx import TensorProto, helper
 
     g = _Graph()
@@ -193,18 +202,9 @@ def time_matmul(n: int, k: int) -> float:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, n])], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 10
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    probe = session(model.SerializeToString())
     feed = {"x": np.random.default_rng(1).standard_normal((1, 1, k)).astype(np.float32)}
-    session.run(None, feed)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(8):
-            session.run(None, feed)
-        best = min(best, (time.perf_counter() - t) / 8)
-    return best
+    return lambda: probe.run(None, feed)
 
 
 # -- the engine -----------------------------------------------------------------------------------
@@ -225,14 +225,7 @@ class OnnxLlama:
     engine = "onnx"
 
     def __init__(self, model_bytes: bytes, tokenizer, stop_token_ids: set[int], context_length: int, num_parameters: int):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = len(os.sched_getaffinity(0))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = session(model_bytes)
         self.tokenizer, self.stop_token_ids = tokenizer, stop_token_ids
         self.context_length = min(context_length, MAX_POSITIONS)
         self.num_parameters = num_parameters
