@@ -97,12 +97,13 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-def start_server(concurrency: int, queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(concurrency: int, queue: int, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`genlab serve` on a free loopback port, with `extra` options; returns once /health answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "genlab", "serve", "--port", str(port), "--concurrency", str(concurrency),
-                             "--queue", str(queue), "--log-level", "warning"], env=dict(os.environ, GENLAB_QUIET="1"))
+                             "--queue", str(queue), "--log-level", "warning", *extra], env=dict(os.environ, GENLAB_QUIET="1"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:

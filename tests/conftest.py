@@ -135,6 +135,6 @@ def server():
     """genlab serve with the bundled models (SmolLM2, digits, shapes): one generation at a time, two waiting."""
     from genlab.server.app import ServerConfig, create_app
 
-    s = start_server(create_app(ServerConfig(concurrency=1, queue=2)))
+    s = start_server(create_app(ServerConfig(concurrency=1, batch=1, queue=2)))
     yield s
     s.stop()

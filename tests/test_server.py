@@ -305,7 +305,7 @@ def test_a_failing_generation_does_not_take_the_server_down(server, client, text
     error event in a stream), and the next request is served normally."""
     class Broken:
         tokenizer, room, check_fits, prompt_ids = text_gen.tokenizer, text_gen.room, text_gen.check_fits, text_gen.prompt_ids
-        unmasker = text_gen.unmasker
+        unmasker, lm = text_gen.unmasker, text_gen.lm
 
         def complete(self, *args, **kwargs):
             raise RuntimeError("injected fault")
@@ -359,6 +359,7 @@ def _genlab(*args, **kwargs):
     (["--image-model", "nope", "--no-text"], "--image-model nope: unknown model 'nope'"),
     (["--text-model", "owner/not-cached", "--no-image"], "not in the local Hugging Face cache"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--batch", "0"], "--batch must be between 1 and 64"),
     (["--port", "70000"], "--port must be between"),
 ])
 def test_serve_bad_options_exit_2(args, words):

@@ -25,6 +25,8 @@ def serve(
     no_image: Annotated[bool, typer.Option("--no-image", help="Serve no image model.")] = False,
     concurrency: Annotated[int, typer.Option(help="Generations running at once. On a CPU, 1 is fastest overall: "
                                                   "one generation already uses every core.")] = 1,
+    batch: Annotated[int, typer.Option(help="Text generations decoded together, sharing each forward pass (the onnx "
+                                            "engine; each still gets exactly its own text). 1 turns batching off.")] = 8,
     queue: Annotated[int, typer.Option(help="Requests that may wait for a slot; beyond that the answer is 429 "
                                             "with Retry-After.")] = 8,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The most tokens one request may ask for.")] = 1024,
@@ -47,7 +49,7 @@ def serve(
     defaults = ServerConfig()
     config = ServerConfig(text_models=[] if no_text else text_model or defaults.text_models,
                           image_models=[] if no_image else image_model or defaults.image_models,
-                          concurrency=concurrency, queue=queue, max_tokens=max_tokens, device=device)
+                          concurrency=concurrency, batch=batch, queue=queue, max_tokens=max_tokens, device=device)
     precheck(config)
     console.print(f"genlab serve: http://{host}:{port}/ (web UI) and http://{host}:{port}/v1 (OpenAI API); "
                   f"models load in the background, GET /health answers 200 when ready")

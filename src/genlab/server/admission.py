@@ -5,17 +5,21 @@ A generation (one request, all its choices or images) holds a slot while it runs
 `queue` more requests wait for a slot; the next one is answered 429 with Retry-After at
 once, so a flood never piles up unbounded work. On a CPU one slot is usually right: a
 generation already uses every core, and two at once only make both slower.
+
+Text on an engine that batches is the exception (text/batching.py): up to `batch` text
+generations run at once in a pool of their own, sharing each forward pass, so they are
+faster together than one after another, and an image job does not hold them up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import anyio
 
 from genlab.server.protocol import APIError
 
@@ -34,36 +38,38 @@ class Counters:
 
 
 class Admission:
-    def __init__(self, concurrency: int, queue: int):
-        self.concurrency, self.queue = concurrency, queue
+    def __init__(self, concurrency: int, queue: int, batch: int = 0):
+        self.concurrency, self.queue, self.batch = concurrency, queue, batch  # batch: 0 when no model batches
         self.inside = 0  # running + waiting
         self.counters = Counters()
-        self._slots: asyncio.Semaphore | None = None  # made on first use, inside the server's event loop
+        self._pools: dict[str, asyncio.Semaphore] = {}  # made on first use, inside the server's event loop
 
-    def ticket(self) -> "Ticket":
-        """Claim a place in the queue now, or refuse with 429 if it is full."""
-        if self.inside >= self.concurrency + self.queue:
+    def ticket(self, batched: bool = False) -> "Ticket":
+        """Claim a place in the queue now, or refuse with 429 if it is full. `batched`: a text generation
+        on a batching engine, which takes a slot of the batch pool."""
+        running = self.concurrency + self.batch
+        if self.inside >= running + self.queue:
             self.counters.rejected += 1
-            raise APIError(429, f"the server is busy: {self.concurrency} generation(s) running and {self.queue} waiting, "
-                                "which is its limit (--concurrency, --queue); retry shortly",
+            raise APIError(429, f"the server is busy: {running} generation(s) running and {self.queue} waiting, "
+                                "which is its limit (--concurrency, --batch, --queue); retry shortly",
                            type="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
         self.inside += 1
-        return Ticket(self)
+        return Ticket(self, "batch" if batched and self.batch else "one")
 
 
 class Ticket:
-    """One request's place: `async with ticket.slot():` waits for a slot; release() frees the place."""
+    """One request's place: `async with ticket.slot():` waits for a slot of its pool; release() frees the place."""
 
-    def __init__(self, admission: Admission):
-        self.admission, self.released = admission, False
+    def __init__(self, admission: Admission, pool: str):
+        self.admission, self.pool, self.released = admission, pool, False
 
     @asynccontextmanager
     async def slot(self):
         a = self.admission
-        if a._slots is None:
-            a._slots = asyncio.Semaphore(a.concurrency)
+        if self.pool not in a._pools:
+            a._pools[self.pool] = asyncio.Semaphore(a.batch if self.pool == "batch" else a.concurrency)
         try:
-            async with a._slots:
+            async with a._pools[self.pool]:
                 a.counters.started += 1
                 try:
                     yield
@@ -83,15 +89,45 @@ class Ticket:
             self.admission.inside -= 1
 
 
-async def in_thread(iterator: Iterator) -> AsyncIterator:
-    """Iterate a blocking generator (token decoding, a sampling loop) from async code, one item per
-    worker-thread call. If the consumer stops (the client disconnected), the generator is closed
-    after the item in progress, so the model stops computing."""
+async def in_thread(iterator: Iterator, ahead: int = 32) -> AsyncIterator:
+    """Iterate a blocking generator (token decoding, a sampling loop) from async code. A thread of its
+    own runs it, up to `ahead` items in front of the consumer, so decoding never waits for the event
+    loop to send the last piece (with batched decoding, a late generation would miss the next shared
+    pass). If the consumer stops (the client disconnected), the generator is closed after the item
+    in progress, so the model stops computing."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue = asyncio.Queue()
+    room, stop = threading.Semaphore(ahead), threading.Event()
+
+    def produce():
+        try:
+            for item in iterator:
+                room.acquire()
+                if stop.is_set():
+                    break
+                loop.call_soon_threadsafe(items.put_nowait, (item, None))
+        except BaseException as e:  # raised again in the consumer
+            loop.call_soon_threadsafe(items.put_nowait, (_END, e))
+        finally:
+            iterator.close()
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, (_END, None))
+            except RuntimeError:  # the event loop has closed (the server is stopping)
+                pass
+
+    threading.Thread(target=produce, name="genlab-stream", daemon=True).start()
     try:
-        while (item := await anyio.to_thread.run_sync(next, iterator, _END)) is not _END:
+        while True:
+            item, error = await items.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            room.release()
             yield item
     finally:
-        iterator.close()
+        stop.set()
+        room.release()  # wake the producer if it waits for room; it sees `stop` and closes the generator
 
 
 def sse(payload: dict | str) -> str:

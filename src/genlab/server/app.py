@@ -37,6 +37,7 @@ class ServerConfig:
     text_models: list[str] = field(default_factory=lambda: bundled("text"))  # every bundled model (registry.py)
     image_models: list[str] = field(default_factory=lambda: bundled("image"))
     concurrency: int = 1  # generations running at once
+    batch: int = 8  # text generations sharing each forward pass, on an engine that batches (text/batching.py); 1 = off
     queue: int = 8  # requests waiting for a slot before new ones get 429
     max_tokens: int = 1024  # the most tokens one request may ask for
     max_images: int = 8  # the most images one request may ask for (n)
@@ -46,6 +47,7 @@ class ServerConfig:
 
     def __post_init__(self):
         check(self.concurrency >= 1, f"--concurrency must be at least 1, got {self.concurrency}")
+        check(1 <= self.batch <= 64, f"--batch must be between 1 and 64, got {self.batch}")
         check(self.queue >= 0, f"--queue must be 0 or more, got {self.queue}")
         check(self.max_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_tokens}")
         check(self.text_models or self.image_models, "give at least one --text-model or --image-model")
@@ -86,8 +88,8 @@ def _locate_for(flag: str, spec: str, output: str):
 class Models:
     """The loaded models by id, filled by a background thread."""
 
-    def __init__(self, config: ServerConfig):
-        self.config = config
+    def __init__(self, config: ServerConfig, admission: Admission):
+        self.config, self.admission = config, admission
         self.text: dict = {}  # id -> TextGenerator
         self.image: dict = {}  # id -> ImageGenerator
         self.error: str | None = None
@@ -96,11 +98,16 @@ class Models:
 
     def load(self) -> None:
         from genlab.image.generator import ImageGenerator
+        from genlab.text.batching import Batcher, batching
         from genlab.text.generator import TextGenerator
 
         try:
             for spec in self.config.text_models:
-                self.text[model_name(spec)] = TextGenerator(spec, device=self.config.device)
+                gen = TextGenerator(spec, device=self.config.device)
+                gen.lm = batching(gen.lm, self.config.batch)  # concurrent requests share passes, where it can
+                if isinstance(gen.lm, Batcher):  # it batches: open the batch pool
+                    self.admission.batch = self.config.batch
+                self.text[model_name(spec)] = gen
             for spec in self.config.image_models:
                 self.image[model_name(spec)] = ImageGenerator(spec, device=self.config.device)
             log.info("models ready: %s", ", ".join([*self.text, *self.image]))
@@ -143,8 +150,8 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
 
     app = FastAPI(title="genlab", version=__version__, docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.config = config
-    app.state.models = Models(config)
     app.state.admission = Admission(config.concurrency, config.queue)
+    app.state.models = Models(config, app.state.admission)
 
     _errors(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
@@ -172,7 +179,10 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
     @app.get("/v1/genlab/stats")
     def stats():
         a = app.state.admission
-        return {"running_or_waiting": a.inside, "concurrency": a.concurrency, "queue": a.queue, **vars(a.counters)}
+        batchers = [g.lm for g in app.state.models.text.values() if hasattr(g.lm, "passes")]
+        return {"running_or_waiting": a.inside, "concurrency": a.concurrency, "batch": a.batch, "queue": a.queue,
+                "batched_passes": sum(b.passes for b in batchers), "batched_calls": sum(b.rows for b in batchers),
+                **vars(a.counters)}
 
     app.include_router(text.router)
     app.include_router(images.router)

@@ -47,6 +47,7 @@ class TextParams(Strict):
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
     speculative: Optional[str] = None  # off, lookup or auto: genlab's speculative decoding (same text, faster)
+    ignore_eos: Optional[bool] = None  # keep writing past the end-of-turn token: replies of a fixed length, for benchmarks
     # accepted for compatibility; only their neutral values
     frequency_penalty: Optional[float] = 0.0
     presence_penalty: Optional[float] = 0.0
@@ -72,7 +73,8 @@ class TextParams(Strict):
     def sampling(self, max_new_tokens: int, top_logprobs: int, choice: int) -> dict:
         """SamplingParams keyword arguments; choice i of n uses seed + i, so n=1 matches the CLI."""
         fields = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
-                  "repetition_penalty": self.repetition_penalty, "speculative": self.speculative}
+                  "repetition_penalty": self.repetition_penalty, "speculative": self.speculative,
+                  "ignore_eos": self.ignore_eos}
         kwargs = {k: v for k, v in fields.items() if v is not None}
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         check(len(stop) <= 4, f"stop takes at most 4 strings, got {len(stop)}")

@@ -21,6 +21,7 @@ from genlab.server.protocol import (ChatRequest, CompletionRequest, chat_logprob
                                     usage)
 from genlab.autoregressive.decode import DecodeStats
 from genlab.autoregressive.sampling import SamplingParams
+from genlab.text.batching import Batcher
 
 router = APIRouter()
 MAX_CHOICES = 16
@@ -81,7 +82,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 async def respond(request: Request, gen, name: str, body, choices: list[Choice], chat: bool):
-    ticket = request.app.state.admission.ticket()
+    ticket = request.app.state.admission.ticket(batched=isinstance(gen.lm, Batcher))
     if body.stream:
         return event_stream(_stream(ticket, gen, name, body, choices, chat), ticket)
     done = []

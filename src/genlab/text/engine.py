@@ -285,7 +285,8 @@ def _onnx_engine(folder: Path, gguf: Path, config: dict, tokenizer: Tokenizer, s
         with safe_open(f, "pt") as st:
             count += sum(int(torch.Size(st.get_slice(k).get_shape()).numel()) for k in st.keys())
     if adapter is None:
-        model = onnx_llama.cached_build(gguf, folder)
+        def graph(slots: int) -> bytes:
+            return onnx_llama.cached_build(gguf, folder, slots)
     else:
         from genlab.lora.adapter import merge_into
         from genlab.progress import stage_progress
@@ -296,10 +297,13 @@ def _onnx_engine(folder: Path, gguf: Path, config: dict, tokenizer: Tokenizer, s
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         merged = merge_into(state, adapter)
         overrides = {k: v for k, v in merged.items() if v is not state[k]}
-        with stage_progress("Building the 4-bit graph with the adapter merged in (about 8 s here)", 1) as advance:
-            advance("merging, quantising and repacking")
-            model = onnx_llama.build(GgufWeights(gguf, overrides))
-    return onnx_llama.OnnxLlama(model, tokenizer, stop_ids, config.get("max_position_embeddings", 2048), count)
+        weights = GgufWeights(gguf, overrides)
+
+        def graph(slots: int) -> bytes:
+            with stage_progress("Building the 4-bit graph with the adapter merged in (about 8 s here)", 1) as advance:
+                advance("merging, quantising and repacking")
+                return onnx_llama.build(weights, slots)
+    return onnx_llama.OnnxLlama(graph, tokenizer, stop_ids, config.get("max_position_embeddings", 2048), count)
 
 
 def _stop_token_ids(folder: Path, config: dict, tokenizer: Tokenizer) -> set[int]:
