@@ -1,6 +1,7 @@
-"""Speculative decoding (prompt lookup): its speed against genlab's plain decoding and llama.cpp's.
+"""Speculative decoding (prompt lookup, or a trained draft): its speed against genlab's plain decoding and llama.cpp's.
 
     python benchmarks/speculative.py [--tokens 128] [--repeats 2] [--json docs/speculative.json]
+    python benchmarks/speculative.py --draft runs/draft/model      # --speculative draft instead of lookup
 
 Two sets of prompts, greedy, the bundled SmolLM2-135M-Instruct GGUF on genlab's default CPU engine:
   * input-grounded: the reply repeats much of the prompt (rewrite, fix, edit code, reformat);
@@ -90,8 +91,11 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default). Above 0 each repeat "
                     "samples with its own seed, the texts differ between modes (the same distribution, other draws), "
                     "and the figures are means over repeats, not bests; llama.cpp is left out")
+    ap.add_argument("--draft", help="a draft model folder (genlab train draft): compare --speculative draft with off, "
+                    "instead of lookup")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    G = "draft" if args.draft else "lookup"  # genlab's guessing mode under test
 
     from genlab import TextGenerator
     from genlab.text.engine import cpu_model
@@ -99,7 +103,7 @@ def main():
 
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     cpu = f"{cpu_model()} ({'AVX-512' if 'avx512f' in flags else 'AVX2 only' if 'avx2' in flags else 'no AVX2'}), {len(os.sched_getaffinity(0))} cores"
-    gen = TextGenerator()
+    gen = TextGenerator(draft=args.draft)
     sampled = args.temperature > 0
     how = f"temperature {args.temperature}, seeds 0..{args.repeats - 1}, means" if sampled else f"greedy, best of {args.repeats}"
     print(f"# {cpu}; genlab engine {gen.lm.engine}, {how}, up to {args.tokens} tokens\n")
@@ -115,49 +119,49 @@ def main():
     rows = []
     for group, prompts in (("grounded", GROUNDED), ("open-ended", OPEN)):
         for prompt in prompts:
-            best = {"off": 0.0, "lookup": 0.0, "llama.cpp": 0.0, "llama.cpp lookup": 0.0}
+            best = {"off": 0.0, G: 0.0, "llama.cpp": 0.0, "llama.cpp lookup": 0.0}
             texts, accepted = {}, (0, 0)
             for repeat in range(args.repeats):
-                for mode in ("off", "lookup"):
+                for mode in ("off", G):
                     stats, ids = genlab_run(gen, prompt, args.tokens, mode, args.temperature, seed=repeat)
                     if sampled:  # seconds per token, summed over repeats
                         best[mode] += (stats.total_s - stats.ttft_s) / max(stats.completion_tokens - 1, 1)
                     else:
                         best[mode] = max(best[mode], stats.decode_tokens_per_s)
                     texts[mode] = ids
-                    if mode == "lookup":
+                    if mode == G:
                         accepted = (accepted[0] + stats.accepted_tokens, accepted[1] + stats.draft_tokens) if sampled \
                             else (stats.accepted_tokens, stats.draft_tokens)
                 for name, key in (("plain", "llama.cpp"), ("lookup", "llama.cpp lookup")):
                     if name in llama:
                         best[key] = max(best[key], llama[name].run(prompt, args.tokens)[0])
             if sampled:  # mean tok/s over the repeats' total time
-                best.update({m: args.repeats / best[m] for m in ("off", "lookup")})
+                best.update({m: args.repeats / best[m] for m in ("off", G)})
             row = {"group": group, "prompt": prompt.splitlines()[0][:60], "tokens": len(texts["off"]),
-                   "identical": None if sampled else texts["off"] == texts["lookup"], "kept": accepted[0], "guessed": accepted[1],
+                   "identical": None if sampled else texts["off"] == texts[G], "kept": accepted[0], "guessed": accepted[1],
                    **{k: round(v, 1) for k, v in best.items()}}
             rows.append(row)
-            print(f"{group:10s} {row['tokens']:4d} tok  off {best['off']:6.1f}  lookup {best['lookup']:6.1f} tok/s "
-                  f"({best['lookup'] / best['off']:.2f}x, kept {accepted[0]}/{accepted[1]}, identical {row['identical']})  "
+            print(f"{group:10s} {row['tokens']:4d} tok  off {best['off']:6.1f}  {G} {best[G]:6.1f} tok/s "
+                  f"({best[G] / best['off']:.2f}x, kept {accepted[0]}/{accepted[1]}, identical {row['identical']})  "
                   f"llama.cpp {best['llama.cpp']:6.1f} / lookup {best['llama.cpp lookup']:6.1f}  | {row['prompt']!r}")
 
-    print("\n| prompts | genlab plain (tok/s) | genlab lookup (tok/s) | speed-up | guesses kept | greedy identical | "
-          "llama.cpp plain | llama.cpp lookup | genlab lookup vs llama.cpp lookup |")
+    print(f"\n| prompts | genlab plain (tok/s) | genlab {G} (tok/s) | speed-up | guesses kept | greedy identical | "
+          f"llama.cpp plain | llama.cpp lookup | genlab {G} vs llama.cpp lookup |")
     print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for group in ("grounded", "open-ended"):
         g = [r for r in rows if r["group"] == group]
-        mean = {k: sum(r[k] for r in g) / len(g) for k in ("off", "lookup", "llama.cpp", "llama.cpp lookup")}
-        ratio = sum(r["lookup"] / r["off"] for r in g) / len(g)  # the mean of per-prompt speed-ups
+        mean = {k: sum(r[k] for r in g) / len(g) for k in ("off", G, "llama.cpp", "llama.cpp lookup")}
+        ratio = sum(r[G] / r["off"] for r in g) / len(g)  # the mean of per-prompt speed-ups
         kept, guessed = sum(r["kept"] for r in g), sum(r["guessed"] for r in g)
-        vs = f"{mean['lookup'] / mean['llama.cpp lookup']:.2f}x" if mean["llama.cpp lookup"] else "-"
-        print(f"| {group} ({len(g)}) | {mean['off']:.1f} | {mean['lookup']:.1f} | {ratio:.2f}x | "
+        vs = f"{mean[G] / mean['llama.cpp lookup']:.2f}x" if mean["llama.cpp lookup"] else "-"
+        print(f"| {group} ({len(g)}) | {mean['off']:.1f} | {mean[G]:.1f} | {ratio:.2f}x | "
               f"{kept}/{guessed} ({kept / max(guessed, 1):.0%}) | {'-' if sampled else all(r['identical'] for r in g)} | "
               f"{mean['llama.cpp']:.1f} | {mean['llama.cpp lookup']:.1f} | {vs} |")
         summary[group] = {"speedup": round(ratio, 3), "acceptance": round(kept / max(guessed, 1), 3), **mean}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu, "tokens": args.tokens, "repeats": args.repeats, "temperature": args.temperature,
+            json.dump({"cpu": cpu, "mode": G, "draft": args.draft, "tokens": args.tokens, "repeats": args.repeats, "temperature": args.temperature,
                        "summary": summary, "rows": rows}, f, indent=1)
 
 

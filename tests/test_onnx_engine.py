@@ -115,8 +115,8 @@ def test_auto_engine_is_measured_once_and_kept(engines):
     (["--engine", "bogus"], "unknown --engine 'bogus'; accepted: auto, onnx, torch"),
     (["--engine", "onnx", "--dtype", "float32"], "--dtype float32 needs --engine torch"),
     (["--engine", "onnx", "--model", "pydoc-gpt"], "--engine onnx runs GGUF models"),
-    (["--speculative", "sometimes"], "--speculative must be one of off, lookup, auto, got 'sometimes'"),
-    (["--speculative", "lookup", "--model", "pydoc-mdlm"], "--speculative lookup drafts for causal LMs"),
+    (["--speculative", "sometimes"], "--speculative must be one of off, lookup, draft, auto, got 'sometimes'"),
+    (["--speculative", "lookup", "--model", "pydoc-mdlm"], "--speculative lookup and draft guess for causal LMs"),
 ])
 def test_engine_and_speculative_bad_input_is_one_line(args, fragment, capsys):
     from test_cli import assert_one_line_error, run

@@ -132,6 +132,8 @@ def kind_of(path: Path) -> Kind:
     card = read_card(path)
     if card is not None:
         kind = card.get("kind", "diffusion")  # digits folders written before the card named its kind
+        check(kind != "draft", f"{path} is a draft model (genlab train draft): it guesses for its target, "
+              f"{card.get('target')}; use it with --speculative draft --draft {path}")
         check(kind in KINDS, f"{path / CARD} names the kind {kind!r}, which genlab does not know; kinds: {kinds_line()}")
         return KINDS[kind]
     trained = _read_json(path / "genlab-train.json")  # a masked-diffusion LM folder from before genlab.json carried it

@@ -17,7 +17,7 @@ import torch
 
 from genlab.errors import check, check_number, check_text
 
-SPECULATIVE = ("off", "lookup", "auto")  # speculative.py: how many tokens a pass may write; never what they are
+SPECULATIVE = ("off", "lookup", "draft", "auto")  # speculative.py: how many tokens a pass may write; never what they are
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SamplingParams:
     seed: int | None = None  # None = a fresh random seed, reported back so a run can be repeated
     top_logprobs: int = 0  # how many top candidates to report at each step
     ignore_eos: bool = False  # keep going past the end-of-turn token (benchmarks want fixed lengths)
-    speculative: str = "auto"  # off, lookup (draft from n-grams of the text so far) or auto (speculative.py)
+    speculative: str = "auto"  # off, lookup (guess from n-grams of the text so far), draft (a draft model) or auto
 
     def __post_init__(self):
         check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)

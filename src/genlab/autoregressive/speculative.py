@@ -30,6 +30,7 @@ import torch
 
 from genlab.autoregressive.decode import DecodeStats, LanguageModel, TokenStep, token_step
 from genlab.autoregressive.sampling import SamplingParams, filtered_logits, next_token
+from genlab.errors import GenlabError
 
 
 def accept(p: torch.Tensor, q: torch.Tensor | None, guess: int, rng: torch.Generator, greedy: bool) -> int | None:
@@ -108,9 +109,15 @@ class Adaptive:
             self.recent.clear()
 
 
-def drafter_for(lm: LanguageModel, params: SamplingParams) -> Adaptive | None:
+def drafter_for(lm: LanguageModel, params: SamplingParams, draft=None) -> Adaptive | None:
     """The draft that params.speculative asks for, or None for the plain loop. auto drafts with prompt
-    lookup on engines that score several positions in one pass (all of genlab's do)."""
+    lookup on engines that score several positions in one pass (all of genlab's do); draft guesses with
+    `draft`, a trained draft model (draft.py's ModelDraft)."""
+    if params.speculative == "draft":
+        if draft is None:
+            raise GenlabError("speculative draft needs a draft model: give --draft FOLDER (make one with genlab train draft)",
+                              "speculative")
+        return Adaptive(draft.proposer())
     if params.speculative == "off" or not hasattr(lm, "forward_all"):
         return None
     return Adaptive(PromptLookup())

@@ -30,16 +30,19 @@ Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed gi
 System = Annotated[Optional[str], typer.Option(help="System message for chat models.")]
 Speculative = Annotated[str, typer.Option(help="Speculative decoding: auto (on where the engine supports it), lookup "
                                                 "(guess the next tokens from n-grams of the prompt and the reply; one "
-                                                "pass checks them, so the text is what off writes) or off.")]
+                                                "pass checks them, so the text is what off writes), draft (a small "
+                                                "model guesses: --draft) or off.")]
+DraftOpt = Annotated[Optional[str], typer.Option("--draft", help="A draft model folder for --speculative draft (make one "
+                                                 "with genlab train draft; it must share --model's tokenizer).")]
 AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="A LoRA adapter folder (genlab finetune text, or "
                                                    "any PEFT LoRA for --model), merged into the weights on load.")]
 
 
-def _generator(model: str, device: str, dtype: str, adapter: str | None = None, engine: str = "auto"):
+def _generator(model: str, device: str, dtype: str, adapter: str | None = None, engine: str = "auto", draft: str | None = None):
     # a warm load takes ~1.5 s; the slow cases, first-use conversion and graph building, show their own bars
     from genlab.text.generator import TextGenerator
 
-    return TextGenerator(model, device=device, dtype=dtype, adapter=adapter, engine=engine)
+    return TextGenerator(model, device=device, dtype=dtype, adapter=adapter, engine=engine, draft=draft)
 
 
 def _sampling(**kw):
@@ -65,6 +68,7 @@ def text(
     system: System = None,
     adapter: AdapterOpt = None,
     speculative: Speculative = "auto",
+    draft: DraftOpt = None,
     steps: Annotated[Optional[int], typer.Option(help="Masked-diffusion LMs (pydoc-mdlm): unmasking steps, each one network "
                                                       "call that reveals part of the block. [default: one per token]")] = None,
     raw: Annotated[bool, typer.Option(help="Continue the prompt as plain text instead of answering it as a chat.")] = False,
@@ -87,7 +91,7 @@ def text(
     params = _sampling(max_new_tokens=256 if max_new_tokens is None else max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0,
                        speculative=speculative)
-    gen = _generator(model, device, dtype, adapter, engine)
+    gen = _generator(model, device, dtype, adapter, engine, draft)
     if gen.unmasker:  # a masked-diffusion LM: a block of tokens, no per-token logprobs
         from genlab.diffusion.unmasking import DEFAULT_TOKENS
 
@@ -165,6 +169,7 @@ def chat(
     system: System = None,
     adapter: AdapterOpt = None,
     speculative: Speculative = "auto",
+    draft: DraftOpt = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     engine: Engine = "auto",
@@ -177,7 +182,7 @@ def chat(
                        repetition_penalty=repetition_penalty, seed=seed, speculative=speculative)
     if system:
         check_text("--system", system)
-    gen = _generator(model, device, dtype, adapter, engine)
+    gen = _generator(model, device, dtype, adapter, engine, draft)
     from genlab.autoregressive.decode import DecodeStats
 
     start = [{"role": "system", "content": system}] if system else []

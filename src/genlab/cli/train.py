@@ -211,6 +211,29 @@ def lm(
                   f"genlab text 'The for statement' --model {out / 'model'} --raw")
 
 
+@options_command("draft", opts.DraftOptions)
+def draft(
+    out: Annotated[Path, typer.Option(help="Run folder: corpus.json (the target's replies), checkpoints/ and model/ "
+                                           "(use it with genlab text --speculative draft --draft).")] = Path("runs/draft"),
+    resume: Resume = False,
+    given: dict = None,
+):
+    """Train a small draft model for speculative decoding, by distillation from a target model's own replies.
+
+    Example: genlab train draft --out runs/draft
+    Then:    genlab text "Rewrite this more simply: ..." --speculative draft --draft runs/draft/model
+    """
+    from genlab.autoregressive.draft import DraftRun
+
+    run = start(DraftRun, out, resume, given)
+    n = sum(p.numel() for p in run.model.parameters())
+    console.print(f"{len(run.train_ids):,} training tokens of {run.options.target}'s replies, {len(run.held_out_ids):,} "
+                  f"held out · vocabulary {run.options.vocab_size} · GPT {n / 1e6:.2f}M parameters · {where(run)}")
+    train(run)
+    console.print(f"held-out agreement with the target {run.held_out_agreement():.3f}; model saved in {out / 'model'}; "
+                  f"try: genlab text 'Rewrite this more simply: ...' --speculative draft --draft {out / 'model'}")
+
+
 @options_command("diffusion-lm", opts.DiffusionLmOptions)
 def diffusion_lm(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (load it with "

@@ -56,6 +56,8 @@ def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None)
         steps = getattr(body, "steps", None)
         for i in range(body.n):
             params = SamplingParams(**body.sampling(tokens, top, i))
+            check(params.speculative != "draft" or getattr(gen, "draft", None) is not None,
+                  "speculative draft needs a draft model, and this server's model has none; use lookup, auto or off", "speculative")
             gen.check_fits(ids, params.max_new_tokens)
             if gen.unmasker:
                 gen.unmasker.check(params, steps)

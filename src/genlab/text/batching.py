@@ -46,7 +46,7 @@ class Batcher:
 
     def __init__(self, lm, slots: int = 8):
         self.lm, self.slots = lm, slots
-        lm.session_for(slots)  # build the batched graph now, not in the first client's wait
+        lm.graph(slots)  # build and cache the batched graph now; its session (~400 MB) waits for the first shared pass
         self._cond = threading.Condition()
         self._pending: list[_Call] = []
         self._live = weakref.WeakSet()  # caches of the generations in progress: a pass waits for them

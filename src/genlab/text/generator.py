@@ -36,10 +36,11 @@ class Generation:
 
 class TextGenerator:
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "auto", dtype: str = "auto", adapter: str | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", draft: str | None = None):
         """`model`: a bundled name (`genlab models`), a .gguf file, a model folder or a cached hub id.
         `adapter`: a LoRA adapter folder (genlab finetune text, or any PEFT LoRA for this model), merged on load.
-        `engine`: auto, onnx (a GGUF's 4-bit weights on ONNX Runtime, CPU) or torch (float; text/engine.py)."""
+        `engine`: auto, onnx (a GGUF's 4-bit weights on ONNX Runtime, CPU) or torch (float; text/engine.py).
+        `draft`: a draft model folder (genlab train draft) for speculative="draft"."""
         from genlab.registry import text_kind
         from genlab.text.engine import load_language_model, pick_dtype, pick_engine, resolve_device
         from genlab.text.sources import gguf_file
@@ -65,6 +66,12 @@ class TextGenerator:
             self.unmasker = None
             self.lm = load_language_model(self.folder, device=device, dtype=dtype, adapter=lora, engine=engine, gguf=gguf)
         self.tokenizer = self.lm.tokenizer
+        self.draft = None
+        if draft is not None:
+            from genlab.autoregressive.draft import ModelDraft
+
+            check(self.unmasker is None, "draft models guess for causal LMs; a masked-diffusion LM takes no draft", "draft")
+            self.draft = ModelDraft(draft, self.tokenizer)
         self.load_s = time.perf_counter() - t0
 
     # -- prompts -----------------------------------------------------------------
@@ -92,7 +99,7 @@ class TextGenerator:
         ids = self.prompt_ids(prompt, messages, system, raw)
         if self.unmasker:
             self.unmasker.check(params, steps)
-            check(params.speculative != "lookup", "speculative lookup drafts for causal LMs; a masked-diffusion LM "
+            check(params.speculative not in ("lookup", "draft"), "speculative lookup and draft guess for causal LMs; a masked-diffusion LM "
                   "already writes many tokens a step, so only off and auto apply", "speculative")
         else:
             check(steps is None, "steps (unmasking steps) are for masked-diffusion LMs; a causal LM takes one step per token")
@@ -103,7 +110,7 @@ class TextGenerator:
         if self.unmasker:
             yield from self.unmasker.stream(ids, params, stats.seed, steps, stats, on_frame)
             return
-        drafter = speculative.drafter_for(self.lm, params)  # guess ahead, check in one pass: the same tokens
+        drafter = speculative.drafter_for(self.lm, params, self.draft)  # guess ahead, check in one pass: the same tokens
         if drafter is None:
             tokens = decode(self.lm, ids, params, stats.seed)
         else:

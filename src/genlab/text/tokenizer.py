@@ -49,6 +49,10 @@ class Tokenizer:
         check_text("the prompt", text)  # the fast tokenizer raises a bare TypeError on lone surrogates
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def vocab(self) -> dict[str, int]:
+        """Every token's text and id."""
+        return self._tok.get_vocab()
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 

@@ -272,6 +272,25 @@ class LmOptions(RunOptions):
 
 
 @dataclass
+class DraftOptions(RunOptions):
+    """`genlab train draft`: a small GPT that guesses what a target model writes, for speculative decoding."""
+
+    target: str = option("smollm2-135m-instruct", "The model whose replies the draft learns to guess (a bundled name or a model folder).")
+    prompts: int = option(320, "Prompts (built from Python's documentation) the target answers to make the training text.", min=8)
+    reply_tokens: int = option(128, "Tokens of each of the target's replies.", min=8, max=1024)
+    vocab_size: int = option(4096, "The draft's vocabulary: the target's most frequent ids, plus one for all the others.", min=16, max=65536)
+    context: int = option(128, "Tokens per training window.", min=8)
+    width: int = option(256, "Model width.")
+    layers: int = option(2, "Transformer blocks.")
+    heads: int = option(4, "Attention heads.")
+    steps: int = option(500, "Optimizer steps in total (more overfits the default 60k tokens); with --resume, a larger total extends the run.", min=1, on_resume=True)
+    batch_size: int = option(32, "Windows per step.", min=1)
+    lr: float = option(3e-3, "Peak learning rate (AdamW, warm-up then cosine decay).", above=0)
+    seed: int = option(0, "Seed for the initial weights and every window drawn.", min=0)
+    sample_every: int = option(500, "Report the held-out agreement with the target every N steps; 0 = never.", min=0, on_resume=True)
+
+
+@dataclass
 class DiffusionLmOptions(LmOptions):
     """`genlab train diffusion-lm`: lm's GPT made bidirectional, trained as a masked-diffusion LM (the bundled pydoc-mdlm)."""
 
