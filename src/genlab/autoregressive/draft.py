@@ -15,7 +15,6 @@ guesses exactly as it does prompt lookup's, so the text is the target's either w
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import threading
 from collections import Counter
@@ -24,23 +23,17 @@ from pathlib import Path
 
 import torch
 
+from genlab.autoregressive.speculative import POSITIONS, vocab_digest
 from genlab.autoregressive.train_lm import lm_train_config, next_token_loss, random_windows
 from genlab.errors import check
-from genlab.nn.transformer import Transformer, TransformerConfig, load_hf, save_hf
+from genlab.nn.transformer import Transformer, TransformerConfig, save_hf
 from genlab.store import atomic_dir, atomic_write_bytes
 from genlab.training.loop import StepStats, TrainConfig
 from genlab.training.options import DraftOptions
 from genlab.training.run import Run
 
-POSITIONS = 4096  # the draft's RoPE tables: it sees the whole conversation, though it trains on windows
 TASKS = ["Explain what this part of Python's documentation says: {}", "Summarise in two sentences: {}",
          "Rewrite this more simply: {}", "Give an example of the following in Python code: {}"]
-
-
-def vocab_digest(tokenizer) -> str:
-    """A short fingerprint of a tokenizer's vocabulary: a draft only helps a target that spells tokens the same way."""
-    vocab = sorted(tokenizer.vocab().items())
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
 def prompts(count: int) -> list[str]:
@@ -164,54 +157,3 @@ class DraftRun(Run):
     def sample_grid(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".txt").write_text(f"held-out agreement with the target {self.held_out_agreement():.3f}\n")
-
-
-class ModelDraft:
-    """A trained draft (`genlab train draft`), loaded for one target: DraftRun's folder, checked."""
-
-    def __init__(self, folder: str | Path, tokenizer):
-        folder = Path(folder).expanduser()
-        meta_path = folder / "genlab.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        check(meta.get("kind") == "draft", f"--draft {folder} is not a draft model folder (make one with genlab train draft)", "draft")
-        check(meta["vocab_digest"] == vocab_digest(tokenizer),
-              f"--draft {folder} was trained for {meta['target']}, whose tokenizer differs from this model's; a draft "
-              "must share the model's tokenizer: train one with genlab train draft --target MODEL", "draft")
-        self.model = load_hf(folder).eval()
-        self.ids = meta["ids"]
-        self.to_draft = {t: d + 1 for d, t in enumerate(self.ids)}
-
-    def proposer(self) -> "DraftProposer":
-        """The guessing state of one generation (its own cache of the draft's keys and values)."""
-        return DraftProposer(self)
-
-
-class DraftProposer:
-    """Guesses the next k tokens as the draft writes them greedily, feeding it only what it has not seen."""
-
-    def __init__(self, draft: ModelDraft):
-        self.draft, self.cache, self.fed = draft, None, []
-
-    @torch.inference_mode()
-    def propose(self, history: list[int], k: int) -> list[int]:
-        if k <= 0 or len(history) + k > POSITIONS:
-            return []
-        model, to_draft = self.draft.model, self.draft.to_draft
-        if self.cache is None:
-            self.cache = model.new_cache(POSITIONS)
-        same = 0  # the draft's cache keeps the longest prefix it shares with the text
-        while same < min(len(self.fed), len(history)) and self.fed[same] == history[same]:
-            same += 1
-        self.cache.pos, self.fed = same, history[:same]
-        new = history[same:]
-        guesses = []
-        while len(guesses) < k:
-            logits = model(torch.tensor([[to_draft.get(t, 0) for t in new]]), self.cache, last_only=True)[0, -1]
-            self.fed += new
-            best = int(logits.argmax())
-            if best == 0:  # a token outside the draft's vocabulary, which it cannot name
-                break
-            guesses.append(self.draft.ids[best - 1])
-            new = guesses[-1:]
-        return guesses
-

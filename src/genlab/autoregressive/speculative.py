@@ -15,22 +15,26 @@ kept guess, plus (1 - sum_y min(q(y), p(y))) norm(max(0, p - q))(x) from a rejec
 two add up to p(x). At temperature 0, p is all on its argmax: a guess is kept while it is the
 argmax, so greedy text is token for token what decode.py's plain loop writes.
 
-The draft here is *prompt lookup*: find the last n tokens earlier in the prompt or the text so
-far, and guess that what followed them then follows now. It costs nothing and pays when the
-reply repeats its input (summaries, rewrites, code edits). When its guesses keep failing it
-stops guessing for a while (`Adaptive`), so open-ended text loses little.
+Two drafts. *Prompt lookup* (the default): find the last n tokens earlier in the prompt or the
+text so far, and guess that what followed them then follows now. It costs nothing and pays when
+the reply repeats its input (summaries, rewrites, code edits). A *trained draft* (`ModelDraft`,
+made by `genlab train draft`, draft.py): a small GPT that guesses greedily what the model writes.
+When guesses keep failing, guessing stops for a while (`Adaptive`), so open-ended text loses little.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from genlab.autoregressive.decode import DecodeStats, LanguageModel, TokenStep, token_step
 from genlab.autoregressive.sampling import SamplingParams, filtered_logits, next_token
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check
 
 
 def accept(p: torch.Tensor, q: torch.Tensor | None, guess: int, rng: torch.Generator, greedy: bool) -> int | None:
@@ -77,6 +81,67 @@ class PromptLookup:
                 if history[start:start + n] == tail:
                     return history[start + n:start + n + k]
         return []
+
+
+POSITIONS = 4096  # a trained draft's RoPE tables: it sees the whole conversation, though it trains on windows
+
+
+def vocab_digest(tokenizer) -> str:
+    """A short fingerprint of a tokenizer's vocabulary: a draft only helps a target that spells tokens the same way."""
+    vocab = sorted(tokenizer.vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+class ModelDraft:
+    """A trained draft (`genlab train draft`), loaded for one target: DraftRun's folder, checked."""
+
+    def __init__(self, folder: str | Path, tokenizer):
+        folder = Path(folder).expanduser()
+        meta_path = folder / "genlab.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        check(meta.get("kind") == "draft", f"--draft {folder} is not a draft model folder (make one with genlab train draft)", "draft")
+        check(meta["vocab_digest"] == vocab_digest(tokenizer),
+              f"--draft {folder} was trained for {meta['target']}, whose tokenizer differs from this model's; a draft "
+              "must share the model's tokenizer: train one with genlab train draft --target MODEL", "draft")
+        from genlab.nn.transformer import load_hf
+
+        self.model = load_hf(folder).eval()
+        self.ids = meta["ids"]
+        self.to_draft = {t: d + 1 for d, t in enumerate(self.ids)}
+
+    def proposer(self) -> "DraftProposer":
+        """The guessing state of one generation (its own cache of the draft's keys and values)."""
+        return DraftProposer(self)
+
+
+class DraftProposer:
+    """Guesses the next k tokens as the draft writes them greedily, feeding it only what it has not seen."""
+
+    def __init__(self, draft: ModelDraft):
+        self.draft, self.cache, self.fed = draft, None, []
+
+    @torch.inference_mode()
+    def propose(self, history: list[int], k: int) -> list[int]:
+        if k <= 0 or len(history) + k > POSITIONS:
+            return []
+        model, to_draft = self.draft.model, self.draft.to_draft
+        if self.cache is None:
+            self.cache = model.new_cache(POSITIONS)
+        same = 0  # the draft's cache keeps the longest prefix it shares with the text
+        while same < min(len(self.fed), len(history)) and self.fed[same] == history[same]:
+            same += 1
+        self.cache.pos, self.fed = same, history[:same]
+        new = history[same:]
+        guesses = []
+        while len(guesses) < k:
+            logits = model(torch.tensor([[to_draft.get(t, 0) for t in new]]), self.cache, last_only=True)[0, -1]
+            self.fed += new
+            best = int(logits.argmax())
+            if best == 0:  # a token outside the draft's vocabulary, which it cannot name
+                break
+            guesses.append(self.draft.ids[best - 1])
+            new = guesses[-1:]
+        return guesses
 
 
 class Adaptive:

@@ -68,7 +68,7 @@ class TextGenerator:
         self.tokenizer = self.lm.tokenizer
         self.draft = None
         if draft is not None:
-            from genlab.autoregressive.draft import ModelDraft
+            from genlab.autoregressive.speculative import ModelDraft
 
             check(self.unmasker is None, "draft models guess for causal LMs; a masked-diffusion LM takes no draft", "draft")
             self.draft = ModelDraft(draft, self.tokenizer)

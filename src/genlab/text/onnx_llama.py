@@ -13,7 +13,9 @@ The graph is a plain Llama, written here node by node:
                               -> RMSNorm -> gate|up (one 4-bit matmul) -> SiLU(gate) * up -> down ]
         -> last positions -> RMSNorm -> head -> logits
 
-The weights are the GGUF's own 4- and 8-bit blocks, repacked exactly (gguf_blocks.py).
+The weights are the GGUF's own 4- and 8-bit blocks, repacked exactly (gguf_blocks.py). A graph
+for several sequences a pass (`slots`, batched serving: text/batching.py) runs every slot's rows
+through the matmuls together and each slot's through its own attention and cache.
 genlab's decoding loop (autoregressive/decode.py) is unchanged: sampling, stop strings,
 logprobs and seeds work as with every engine; this class only turns ids into logits.
 """
@@ -187,6 +189,9 @@ def cached_build(gguf: Path, folder: Path, slots: int = 1) -> bytes:
         data = build(GgufWeights(gguf), slots)
     try:
         atomic_write_bytes(path, data)
+        for stale in folder.glob("genlab-4bit-v*.onnx"):  # graphs of an older FORMAT: 172 MB each, never read again
+            if not stale.name.startswith(f"genlab-4bit-v{FORMAT}.") and not stale.name.startswith(f"genlab-4bit-v{FORMAT}-"):
+                stale.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only cache: build again next time
     return data
