@@ -226,6 +226,9 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     ("/v1/chat/completions", {"messages": HI, "speculative": "always"}, 400, "speculative", "speculative must be one of off, lookup, draft, auto"),
     ("/v1/chat/completions", {"messages": HI, "speculative": "draft"}, 400, "speculative", "speculative draft needs a draft model, and this server"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, None, "'text'"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": ["text"], "text": "hi"}]}]}, 400, None,
+     "must be of type 'text'; got [\"text\"]"),
+    ("/v1/completions", {"prompt": ["hi"] * 20, "n": 16, "max_tokens": 1}, 400, None, "20 prompts times n 16 is 320"),
     ("/v1/completions", {"prompt": "x", "echo": True}, 422, "echo", "not supported"),
     ("/v1/completions", {"prompt": "x", "logprobs": 9}, 400, None, "between 0 and 5"),
     ("/v1/images/generations", {"prompt": "hello", "model": "digits"}, 400, None, "names none of them"),
@@ -369,6 +372,37 @@ def test_serve_bad_options_exit_2(args, words):
     assert r.stderr.strip().count("\n") == 0
 
 
+def test_a_foreign_host_name_and_a_malformed_request_get_json_errors(server):
+    """DNS rebinding: a loopback server answers only loopback Host names. A request uvicorn cannot parse
+    (Content-Length: abc) still gets OpenAI's error shape."""
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1])
+    for host, status in (("evil.example", 400), ("evil.example:80", 400), (f"localhost:{port}", 200), (f"[::1]:{port}", 200)):
+        r = httpx.get(server.url + "/v1/models", headers={"Host": host})
+        assert r.status_code == status, host
+        if status == 400:
+            assert r.json()["error"]["code"] == "host_not_allowed" and "--allowed-host" in r.json()["error"]["message"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after its answer
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error"]["message"].startswith("malformed HTTP request")
+    assert httpx.get(server.url + "/health").status_code == 200  # and the server keeps answering
+
+
+def test_allowed_hosts():
+    from genlab.server.guards import allowed_hosts, host_name
+
+    assert allowed_hosts("127.0.0.1", []) == {"localhost", "127.0.0.1", "::1"}
+    assert "genlab.lan" in allowed_hosts("::1", ["GenLab.lan"])
+    assert allowed_hosts("0.0.0.0", []) is None  # served to the network: every name is answered
+    assert [host_name(h) for h in ("localhost:8000", "[::1]:8000", "example.com", "::1")] == ["localhost", "::1", "example.com", "::1"]
+
+
 def test_serve_command_runs_a_server(tmp_path):
     import socket
 
@@ -377,6 +411,7 @@ def test_serve_command_runs_a_server(tmp_path):
         port = s.getsockname()[1]
         taken = _genlab("serve", "--port", str(port), "--no-text", "--image-model", "digits")
         assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+        assert "serving" not in taken.stdout and "genlab serve:" not in taken.stdout  # no banner before the error
     proc = subprocess.Popen([sys.executable, "-m", "genlab", "serve", "--port", str(port), "--no-text", "--image-model",
                              "digits", "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -30,6 +30,9 @@ def serve(
     queue: Annotated[int, typer.Option(help="Requests that may wait for a slot; beyond that the answer is 429 "
                                             "with Retry-After.")] = 8,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The most tokens one request may ask for.")] = 1024,
+    allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", help="A Host name to answer besides "
+                            "loopback's (repeat for several). On loopback the server answers only localhost, 127.0.0.1 "
+                            "and [::1], which keeps web pages from reaching it through DNS rebinding.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn's log level: warning, info or debug.")] = "info",
 ):
@@ -43,18 +46,21 @@ def serve(
 
     from genlab.errors import check
     from genlab.server.app import ServerConfig, create_app, precheck
+    from genlab.server.guards import uvicorn_config
 
     check(1 <= port <= 65535, f"--port must be between 1 and 65535, got {port}")
     check(log_level in ("warning", "info", "debug"), f"--log-level must be warning, info or debug, got {log_level!r}")
     defaults = ServerConfig()
     config = ServerConfig(text_models=[] if no_text else text_model or defaults.text_models,
                           image_models=[] if no_image else image_model or defaults.image_models,
-                          concurrency=concurrency, batch=batch, queue=queue, max_tokens=max_tokens, device=device)
+                          concurrency=concurrency, batch=batch, queue=queue, max_tokens=max_tokens, device=device,
+                          host=host, allowed_hosts=list(allowed_host or []))
     precheck(config)
+    sock = _listen(host, port)  # before the banner: a taken port is the only line printed
     console.print(f"genlab serve: http://{host}:{port}/ (web UI) and http://{host}:{port}/v1 (OpenAI API); "
                   f"models load in the background, GET /health answers 200 when ready")
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level))
-    server.run(sockets=[_listen(host, port)])
+    server = uvicorn.Server(uvicorn_config(create_app(config), log_level=log_level))
+    server.run(sockets=[sock])
 
 
 def _listen(host: str, port: int):

@@ -27,6 +27,7 @@ from genlab import __version__
 from genlab.errors import GenlabError, check
 from genlab.registry import BUNDLED, KINDS, locate
 from genlab.server.admission import Admission
+from genlab.server.guards import BodyLimit, HostCheck, allowed_hosts
 from genlab.server.protocol import APIError, validation_message
 
 log = logging.getLogger("genlab.server")
@@ -43,6 +44,8 @@ class ServerConfig:
     max_images: int = 8  # the most images one request may ask for (n)
     max_steps: int = 200  # the most denoising steps one request may ask for
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    host: str = "127.0.0.1"  # the address served: on loopback, only loopback Host names are answered (guards.py)
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host names to answer (--allowed-host)
     device: str = "auto"
 
     def __post_init__(self):
@@ -155,6 +158,7 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
 
     _errors(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(HostCheck, names=allowed_hosts(config.host, config.allowed_hosts))
 
     @app.get("/health")
     def health():
@@ -255,38 +259,3 @@ def _errors(app: FastAPI) -> None:
     async def _bug(request: Request, e: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return answer(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
-
-
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, before any of it reaches a route."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send)
-        if length is not None:
-            return await self.app(scope, receive, send)
-        body, more = [], True  # no length given (chunked): read it here, up to the limit
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body.append(message.get("body", b""))
-            more = message.get("more_body", False)
-            if sum(map(len, body)) > self.limit:
-                return await self._refuse(send)
-        replay = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
-
-        async def replayed():
-            return replay.pop() if replay else await receive()
-
-        await self.app(scope, replayed, send)
-
-    async def _refuse(self, send) -> None:
-        e = APIError(413, f"the request body is larger than this server's limit of {self.limit} bytes", code="body_too_large")
-        await JSONResponse(e.body(), status_code=413)({"type": "http"}, None, send)

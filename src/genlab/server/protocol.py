@@ -10,6 +10,7 @@ follow llama.cpp's server and AUTOMATIC1111's names where they exist.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal, Optional, Union
@@ -91,8 +92,9 @@ class Message(Strict):
         """{'role', 'content'} with text content parts joined; other part types are refused."""
         content = self.content
         if isinstance(content, list):
-            kinds = {p.get("type") for p in content}
-            check(kinds <= {"text"}, f"message content parts must be of type 'text'; got {sorted(map(str, kinds))}")
+            kinds = [p.get("type") for p in content]
+            check(all(k == "text" for k in kinds), "message content parts must be of type 'text'; got "
+                  + ", ".join(sorted({json.dumps(k) for k in kinds if k != "text"})))
             content = "".join(str(p.get("text", "")) for p in content)
         return {"role": "system" if self.role == "developer" else self.role, "content": content}
 

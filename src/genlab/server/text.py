@@ -41,6 +41,8 @@ class Choice:
 def plan(gen, body, prompts: list[dict], limit: int, default_tokens: int | None) -> list[Choice]:
     """Validate everything before any work starts, so bad input is a 400 and never half a stream."""
     check(1 <= body.n <= MAX_CHOICES, f"n must be between 1 and {MAX_CHOICES}, got {body.n}")
+    check(len(prompts) * body.n <= MAX_CHOICES, f"a request may ask for at most {MAX_CHOICES} generations: "
+          f"{len(prompts)} prompts times n {body.n} is {len(prompts) * body.n}; send fewer prompts or a smaller n")
     requested = body.token_limit()
     check(requested is None or requested <= limit,
           f"max_tokens must be at most {limit} on this server (its --max-tokens), got {requested}")
