@@ -105,7 +105,7 @@ def writable_folder(folder: Path, what: str) -> None:
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".genlab-write-test"
+        probe = folder / f".genlab-write-test-{os.getpid()}"  # one per process: torchrun's ranks check at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -55,35 +55,19 @@ def target_replies(target: str, count: int, tokens: int, threads: int = 8) -> li
 
     gen = TextGenerator(target)
     gen.lm = batching(gen.lm, threads)
-    asks, out, errors = prompts(count), [None] * count, []
-    lock, next_index = threading.Lock(), [0]
-    with stage_progress(f"The target writes {count} replies to learn from", count) as advance:
-        def work():
-            while not errors:
-                with lock:
-                    i = next_index[0]
-                    next_index[0] += 1
-                if i >= count:
-                    return
-                ask = asks[i]
-                while gen.room(gen.prompt_ids(ask)) < tokens and len(ask) > 40:  # a short context: a shorter paragraph
-                    ask = ask[:len(ask) * 2 // 3]
-                try:
-                    reply = gen.complete(ask, max_new_tokens=tokens, seed=i, speculative="off")
-                except Exception as e:  # raised again below, in the caller's thread
-                    errors.append(e)
-                    return
-                out[i] = gen.prompt_ids(ask) + [t.token_id for t in reply.tokens]
-                advance(f"{i + 1} of {count}")
+    asks = prompts(count)
 
-        workers = [threading.Thread(target=work) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    if errors:
-        raise errors[0]
-    return out
+    def reply(i: int) -> list[int]:
+        ask = asks[i]
+        while gen.room(gen.prompt_ids(ask)) < tokens and len(ask) > 40:  # a short context: a shorter paragraph
+            ask = ask[:len(ask) * 2 // 3]
+        written = gen.complete(ask, max_new_tokens=tokens, seed=i, speculative="off")
+        advance(f"reply {i + 1} of {count}")
+        return gen.prompt_ids(ask) + [t.token_id for t in written.tokens]
+
+    with stage_progress(f"The target writes {count} replies to learn from", count) as advance, \
+            ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(reply, range(count)))  # the first failure, if any, is raised here
 
 
 class DraftRun(Run):

@@ -185,7 +185,7 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
         a = app.state.admission
         batchers = [g.lm for g in app.state.models.text.values() if hasattr(g.lm, "passes")]
         return {"running_or_waiting": a.inside, "concurrency": a.concurrency, "batch": a.batch, "queue": a.queue,
-                "batched_passes": sum(b.passes for b in batchers), "batched_calls": sum(b.rows for b in batchers),
+                "batched_passes": sum(b.passes for b in batchers), "batched_calls": sum(b.calls for b in batchers),
                 **vars(a.counters)}
 
     app.include_router(text.router)

@@ -50,7 +50,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._pending: list[_Call] = []
         self._live = weakref.WeakSet()  # caches of the generations in progress: a pass waits for them
-        self.passes = self.rows = 0  # forward passes run, and the generations' calls they served
+        self.passes = self.calls = 0  # forward passes run, and the generations' calls they served
         threading.Thread(target=self._run, name="genlab-batcher", daemon=True).start()
 
     def __getattr__(self, name):  # tokenizer, context_length, stop_token_ids, engine, dtype, ...
@@ -90,7 +90,7 @@ class Batcher:
                     except Exception as e:  # raised again in the generation's own thread
                         call.error = e
             self.passes += 1
-            self.rows += len(calls)
+            self.calls += len(calls)
             for call in calls:
                 call.done.set()
             del calls, call  # hold no cache while waiting: a finished generation's cache must be free to go
