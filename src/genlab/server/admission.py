@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-
 from genlab.server.protocol import APIError
 
 _END = object()
@@ -38,8 +37,9 @@ class Counters:
 
 
 class Admission:
-    def __init__(self, concurrency: int, queue: int, batch: int = 0):
-        self.concurrency, self.queue, self.batch = concurrency, queue, batch  # batch: 0 when no model batches
+    def __init__(self, concurrency: int, queue: int):
+        self.concurrency, self.queue = concurrency, queue
+        self.batch = 0  # the batch pool's slots: --batch, set by the model loader once a model batches
         self.inside = 0  # running + waiting
         self.counters = Counters()
         self._pools: dict[str, asyncio.Semaphore] = {}  # made on first use, inside the server's event loop

@@ -53,16 +53,13 @@ class Batcher:
         self.passes = self.calls = 0  # forward passes run, and the generations' calls they served
         threading.Thread(target=self._run, name="genlab-batcher", daemon=True).start()
 
-    def __getattr__(self, name):  # tokenizer, context_length, stop_token_ids, engine, dtype, ...
+    def __getattr__(self, name):  # tokenizer, context_length, stop_token_ids, rewind, engine, dtype, ...
         return getattr(self.lm, name)
 
     def new_cache(self, max_len: int):
         cache = self.lm.new_cache(max_len)
         self._live.add(cache)  # gone when its generation's loop ends and drops it
         return cache
-
-    def rewind(self, cache, length: int) -> None:
-        self.lm.rewind(cache, length)
 
     def forward(self, ids: list[int], cache) -> torch.Tensor:
         return self.forward_all(ids, cache, 1)[0]

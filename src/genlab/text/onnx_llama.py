@@ -232,7 +232,7 @@ def matmul_probe(n: int, k: int):
 class OnnxCache:
     """One sequence's K and V buffers, one pair a layer, of `capacity` positions that GroupQueryAttention fills in place."""
 
-    def __init__(self, layers: int, shape: list[int]):
+    def __init__(self, layers: int, shape: list[int], scratch: bool = False):
         import onnxruntime as ort
 
         def buffer():
@@ -240,7 +240,7 @@ class OnnxCache:
 
         self.keys, self.values = [buffer() for _ in range(layers)], [buffer() for _ in range(layers)]
         self.length, self.capacity = 0, shape[2]
-        self.scratch = False  # a buffer for an unfilled batch slot (OnnxLlama.forward_batch)
+        self.scratch = scratch  # a buffer for an unfilled batch slot (OnnxLlama.forward_batch)
 
 
 class OnnxLlama:
@@ -264,8 +264,10 @@ class OnnxLlama:
 
     def new_cache(self, max_len: int) -> OnnxCache:
         """Room for max_len positions, plus the spare row's (see build())."""
-        length = min(max_len, self.context_length) + 1
-        return OnnxCache(self.layers, self.cache_shape[:2] + [length] + self.cache_shape[3:])
+        return self._cache(min(max_len, self.context_length) + 1)
+
+    def _cache(self, positions: int, scratch: bool = False) -> OnnxCache:
+        return OnnxCache(self.layers, self.cache_shape[:2] + [positions] + self.cache_shape[3:], scratch)
 
     def forward(self, ids: list[int], cache: OnnxCache) -> torch.Tensor:
         return self.forward_all(ids, cache, 1)[0]
@@ -336,8 +338,7 @@ class OnnxLlama:
     def _scratch(self, b: int) -> OnnxCache:
         """Two positions for unfilled slot b to write; nothing reads them."""
         if b not in self._scratches:
-            self._scratches[b] = OnnxCache(self.layers, self.cache_shape[:2] + [2] + self.cache_shape[3:])
-            self._scratches[b].scratch = True
+            self._scratches[b] = self._cache(2, scratch=True)
         return self._scratches[b]
 
 
@@ -353,6 +354,7 @@ def _seat(caches: list[OnnxCache], seated: list) -> list[int | None]:
             newcomers.append(j)
         else:
             seats[b] = j
+
     def taken(b: int) -> bool:  # by a live generation's cache
         c = seated[b]() if seated[b] is not None else None
         return c is not None and not c.scratch
