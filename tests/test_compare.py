@@ -28,9 +28,10 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
     assert code == 0, err
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
-    assert {"gan", "ar-image", "diffusion", "lm", "diffusion-lm", "real digits", "real text"} <= rows.keys()
+    assert {"gan", "ar-image", "diffusion", "distilled", "lm", "diffusion-lm", "real digits", "real text"} <= rows.keys()
     assert rows["gan"]["nfe"] == 1 and rows["ar-image"]["nfe"] == 64 and rows["diffusion"]["nfe"] == 20
-    for name in ("gan", "ar-image", "diffusion"):
+    assert rows["distilled"]["nfe"] == 1 and [c["steps"] for c in results["curves"]["distilled"]] == [1, 2, 4]
+    for name in ("gan", "ar-image", "diffusion", "distilled"):
         assert rows[name]["accuracy"] > 0.8, name  # the bundled models draw the digit they are asked for
         assert rows[name]["fid"] < 2 * rows["real digits"]["fid"], name  # real training digits score ~25 here
         assert rows[name]["diversity"] > 0.5, name  # no collapse
@@ -40,6 +41,7 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
     assert tokens == sorted(tokens)
     md = (tmp_path / "report.md").read_text()
     assert "## What the measurements say" in md and "Diffusion is slower" in md
+    assert "| Distillation closes diffusion's speed gap to the GAN | **supported** |" in md
     for figure in ("samples", "unfolding", "cost", "quality"):
         assert (tmp_path / f"{figure}.png").stat().st_size > 5000 and f"({figure}.png)" in md
     html = (tmp_path / "report.html").read_text()
@@ -61,6 +63,7 @@ def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monke
     monkeypatch.setattr(compare_cli, "retrain_options", lambda: {
         "gan": o.GanOptions(**tiny, width=16, batch_size=16), "ar-image": o.ArImageOptions(**tiny, width=32, layers=1),
         "diffusion": o.DiffusionOptions(**tiny, resolution=8, upsample=2, batch_size=16),
+        "distilled": o.DistillOptions(**tiny, pairs=16, teacher_steps=2, batch_size=8),
         "lm": o.LmOptions(**text), "diffusion-lm": o.DiffusionLmOptions(**text)})
     monkeypatch.setitem(compare.SAMPLES, False, 20)
     monkeypatch.setitem(compare.DIFFUSION_SWEEP, False, (2, compare.ROW_STEPS))
@@ -76,6 +79,8 @@ def test_full_compare_retrains_every_family_then_resumes(tmp_path, capsys, monke
         assert rows[family]["train_seconds"] > 0, family  # measured in this run, not read from a bundled model
     assert rows["ar-image"]["params"] < 100_000 and rows["lm"]["params"] < 100_000  # the toy models, not the bundled ones
     assert [p["steps"] for p in results["curves"]["diffusion"]] == [2, compare.ROW_STEPS]
+    student = json.loads((tmp_path / "runs" / "distilled" / "model" / "genlab.json").read_text())
+    assert student["distilled"]["teacher"] == str((tmp_path / "runs" / "diffusion" / "model").resolve())  # its own teacher
     assert "full (every model retrained from scratch in this run)" in (tmp_path / "report.md").read_text()
 
     code, out, err = run(["compare", "--out", str(tmp_path)], capsys)

@@ -14,7 +14,7 @@ from genlab.cli import main
 from genlab.registry import BUNDLED, KINDS, kind_of, locate
 
 # Fixed, short requests: the point is that three interfaces agree, not the pictures themselves.
-IMAGE_REQUESTS = {"digits": ("7", {}), "shapes": ("a red circle above a blue square", {"steps": 10}),
+IMAGE_REQUESTS = {"digits": ("7", {}), "digits-distilled": ("7", {"steps": 1}), "shapes": ("a red circle above a blue square", {"steps": 10}),
                   "digits-gan": ("seven", {}), "digits-ar": ("a handwritten 3", {})}
 TEXT_PROMPT = "The for statement"
 
@@ -96,6 +96,7 @@ def test_server_lists_every_bundled_model_with_its_family(server):
         assert cards[name]["model_kind"] == b.kind and cards[name]["family"] == KINDS[b.kind].family
         assert cards[name]["kind"] == KINDS[b.kind].output
     assert cards["digits-gan"]["samplers"] == ["generator"] and cards["digits-ar"]["default_steps"] == 64
+    assert cards["digits-distilled"]["samplers"] == ["reflow"] and cards["digits-distilled"]["default_steps"] == 4
     assert cards["pydoc-mdlm"]["chat"] is False and cards["smollm2-135m-instruct"]["chat"] is True
 
 

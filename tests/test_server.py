@@ -55,7 +55,8 @@ def _wait_idle(server, timeout=30.0) -> dict:
 def test_health_and_models(server, client):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {TEXT, "pydoc-gpt", "pydoc-mdlm", "digits", "shapes", "digits-gan", "digits-ar"}  # every bundled model
+    assert set(models) == {TEXT, "pydoc-gpt", "pydoc-mdlm", "digits", "digits-distilled", "shapes", "digits-gan",
+                           "digits-ar"}  # every bundled model
     assert models[TEXT].kind == "text" and models["digits"].kind == "image"
     assert models["digits"].size == "16x16" and models["shapes"].size == "32x32"
     assert client.models.retrieve("shapes").id == "shapes"

@@ -122,7 +122,7 @@ def test_rectified_flow_trains_and_samples(tmp_path, capsys):
     code, _, err = run(["image", "3", "--model", str(tmp_path), "--steps", "4", "--out", str(tmp_path / "x.png")], capsys)
     assert code == 0 and "4 model calls" in err, err
     code, _, err = run(["image", "3", "--model", str(tmp_path), "--sampler", "ddim"], capsys)
-    assert_one_line_error(code, err, "a rectified-flow model samples with euler or heun, not 'ddim'")
+    assert_one_line_error(code, err, "a rectified-flow model samples with euler, heun or reflow, not 'ddim'")
 
 
 def test_cli_resume_keeps_the_runs_own_total_and_refuses_changes(tmp_path, capsys):

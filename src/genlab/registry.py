@@ -64,6 +64,8 @@ BUNDLED = {b.name: b for b in [
             "genlab train diffusion-lm --steps 2000 --out runs/diffusion-lm"),
     Bundled("digits", "diffusion", "digits-diffusion", "handwritten digits 0-9, 16x16",
             "genlab train diffusion --resolution 8 --upsample 2 --steps 7000 --out runs/digits"),
+    Bundled("digits-distilled", "diffusion", "digits-distilled", "handwritten digits 0-9, 16x16, in 1 to 4 steps (a student of digits)",
+            "genlab distill --teacher digits --out runs/digits-distilled"),
     Bundled("shapes", "text2image", "shapes-text2image", "32x32 pictures of circles, squares and triangles from a caption",
             "genlab train vae, then genlab train text2image"),
     Bundled("digits-gan", "gan", "digits-gan", "handwritten digits 0-9, 16x16", "genlab train gan --out runs/gan"),

@@ -88,4 +88,4 @@ def _fail(message: str) -> None:
 
 
 # register the subcommands (after `app` exists)
-from genlab.cli import compare, demo, finetune, image, imagine, models, serve, text, train  # noqa: E402,F401
+from genlab.cli import compare, demo, distill, finetune, image, imagine, models, serve, text, train  # noqa: E402,F401

@@ -14,17 +14,18 @@ from genlab.progress import console, stage_progress
 @app.command()
 def compare(
     quick: Annotated[bool, typer.Option("--quick", help="Measure the bundled models (about 2 minutes) instead of retraining "
-                                                        "every family from scratch first (about 1 hour on 2 cores).")] = False,
+                                                        "every family from scratch first (about 80 minutes on 2 cores).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.html, the PNG figures and results.json "
                                            "(and, without --quick, the training runs under runs/).")] = Path("compare"),
 ):
     """Train (or load) every generative family on the same data and measure them side by side.
 
-    Images, scikit-learn's digits: a GAN, an autoregressive pixel GPT and a diffusion model.
-    Text, Python's documentation: a GPT and a masked-diffusion LM. For each: parameters,
-    training time, wall time and network evaluations per sample, FID, class accuracy,
-    diversity, bits/dim or perplexity; plots of cost and quality against compute; and a
-    verdict on popular claims ("diffusion is slower", "GANs are unstable", ...).
+    Images, scikit-learn's digits: a GAN, an autoregressive pixel GPT, a diffusion model and
+    its distilled 1-step student. Text, Python's documentation: a GPT and a masked-diffusion
+    LM. For each: parameters, training time, wall time and network evaluations per sample, FID,
+    class accuracy, diversity, bits/dim or perplexity; plots of cost and quality against
+    compute; and a verdict on popular claims ("diffusion is slower", "GANs are unstable",
+    "distillation closes diffusion's speed gap to the GAN", ...).
 
     Example: genlab compare --quick --out compare && open compare/report.html
     """
@@ -53,6 +54,8 @@ def retrain_options() -> dict:
 
 def retrain(runs: Path):
     """Train each family with its command's defaults into runs/<family>; an interrupted compare resumes each run."""
+    import dataclasses
+
     from genlab.cli.train import train
     from genlab.compare.measure import CONTENDERS, Models
     from genlab.training.loop import Trainer
@@ -62,6 +65,8 @@ def retrain(runs: Path):
     for c in CONTENDERS:
         out, run_class = runs / c.key, c.run()
         resuming = Trainer.latest(out / "checkpoints") is not None
+        if c.teacher:  # the distilled student learns from the teacher retrained just before it
+            options[c.key] = dataclasses.replace(options[c.key], teacher=str(folders[c.teacher].resolve()))
         run = run_class.resume(out) if resuming else run_class.create(out, options[c.key])
         if resuming:
             resumed.append(c.key)

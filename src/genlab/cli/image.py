@@ -15,14 +15,15 @@ from genlab.progress import console, step_progress
 def image(
     prompt: Annotated[str, typer.Argument(help="What to draw: 'a red circle above a blue square' (the shapes model), or a "
                                                "digit, '7', 'seven' or 'a handwritten 7' (the digits model).")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A bundled image model (digits, shapes, digits-gan, digits-ar: "
-                                                 "`genlab models` lists them), a folder from genlab train diffusion, text2image, gan "
-                                                 "or ar-image, or a diffusers pipeline folder (e.g. Stable Diffusion). "
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A bundled image model (digits, digits-distilled, shapes, digits-gan, digits-ar: "
+                                                 "`genlab models` lists them), a folder from genlab train diffusion, text2image, gan, "
+                                                 "ar-image or genlab distill, or a diffusers pipeline folder (e.g. Stable Diffusion). "
                                                  "[default: digits for a prompt naming a digit, else shapes]")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), dpmpp-sde (its stochastic form), euler or heun. "
-                                                        "[default: the model's: ddpm for shapes, dpmpp for digits; a diffusers pipeline keeps its own]")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="ddpm, ddim, dpmpp (DPM-Solver++ 2M), dpmpp-sde (its stochastic form), euler, heun, or reflow "
+                                                        "(a distilled student's). [default: the model's: ddpm for shapes, dpmpp for digits, reflow for "
+                                                        "digits-distilled; a diffusers pipeline keeps its own]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (heun calls the model about twice per step). "
-                                                      "[default: the model's: 50 for shapes, 20 for digits and diffusers pipelines]")] = None,
+                                                      "[default: the model's: 50 for shapes, 20 for digits and diffusers pipelines, 4 for digits-distilled]")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale: 1 = off, higher follows the prompt "
                                                            "harder. [default: the model's, 1.25 for digits]")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from (replaces the unconditional branch).")] = None,

@@ -34,6 +34,7 @@ TEXT_LENGTHS = (16, 32, 64, 120)  # GPT output lengths timed (64 is the table's 
 MDLM_STEPS = (8, 16, 32, 64)  # unmasking steps for 64 tokens (64 is the table's row)
 TEXT_PROMPTS = ("The for statement", "Exceptions are", "A class definition", "The import system")
 SAMPLES = {True: 250, False: 1000}  # images per image family: --quick, or the full run
+DISTILLED_STEPS = (1, 2, 4)  # the distilled student's steps timed and scored (1 is the table's row: the rematch with the GAN)
 DIFFUSION_SWEEP = {True: (1, 2, 5, 10, ROW_STEPS, 50), False: (1, 2, 5, 10, ROW_STEPS, 50, 100, 250)}  # steps timed and scored
 
 
@@ -51,6 +52,7 @@ class Contender:
     run: Callable[[], type]  # its training Run class (imported when a full compare retrains)
     options: Callable[[dict], object]  # its training options for a retrain: the command's defaults plus these
     marker: str = "o"  # in the quality figure
+    teacher: str | None = None  # the contender whose model it learns from: a full compare distills its own retrained one
 
 
 @dataclass
@@ -237,6 +239,22 @@ def measure_diffusion(folder: Path, bench: ImageBench, r: Results, on_stage) -> 
             "guidance": gen.config.guidance, "train_note": note} | {k: best[k] for k in ("fid", "accuracy", "diversity")}
 
 
+def measure_distilled(folder: Path, bench: ImageBench, r: Results, on_stage) -> dict:
+    from ..image.generator import ImageGenerator
+
+    gen = ImageGenerator(str(folder), dtype="float32")
+    for steps in DISTILLED_STEPS:
+        on_stage(f"distilled diffusion: {steps} reflow step{'s' * (steps > 1)}")
+        (x, calls), s = timed(lambda: gen.class_samples(bench.labels, steps, seed=1))
+        point = {"steps": steps, "nfe": calls, "s_per_sample": s / len(bench.labels)} | bench.quality(x)
+        r.curves.setdefault("distilled", []).append(point)
+        if steps == DISTILLED_STEPS[0]:
+            r.images["distilled"] = gen.class_samples(bench.grid_labels, steps, seed=0)[0]
+    one = r.curves["distilled"][0]
+    return {"params": params(gen.model), "guidance": gen.config.distilled["guidance"], "teacher_steps": gen.config.distilled["teacher_steps"],
+            **{k: one[k] for k in ("nfe", "s_per_sample", "fid", "accuracy", "diversity")}}
+
+
 def partial_image(tokens: torch.Tensor, gpt) -> torch.Tensor:
     """The pixel GPT's canvas part-way: drawn pixels as they are, the rest grey; (1, 16, 16)."""
     from ..autoregressive.pixel_gpt import dequantise
@@ -355,6 +373,11 @@ def _diffusion_run():
     return DiffusionRun
 
 
+def _distill_run():
+    from ..diffusion.distill import DistillRun
+    return DistillRun
+
+
 def _lm_run():
     from ..autoregressive.train_lm import LmRun
     return LmRun
@@ -388,6 +411,8 @@ CONTENDERS = (
               _pixel_gpt_run, _options("ArImageOptions"), marker="^"),
     Contender("diffusion", "diffusion (UNet)", "digits", "image", measure_diffusion, lambda quick: len(DIFFUSION_SWEEP[quick]),
               _diffusion_run, _digits_options),
+    Contender("distilled", "diffusion, distilled (1 step)", "digits-distilled", "image", measure_distilled,
+              lambda quick: len(DISTILLED_STEPS), _distill_run, _options("DistillOptions"), marker="D", teacher="diffusion"),
     Contender("lm", "autoregressive (GPT)", "pydoc-gpt", "text", measure_gpt, lambda quick: 1,
               _lm_run, _options("LmOptions"), marker="s"),
     Contender("diffusion-lm", "masked diffusion (MDLM)", "pydoc-mdlm", "text", measure_mdlm, lambda quick: len(MDLM_STEPS),

@@ -86,6 +86,8 @@ def claims(r: Results) -> list[tuple[str, str, str]]:
                 f"per image: diffusion ({ROW_STEPS} steps) {diff['s_per_sample'] * 1e3:.2f} ms, GAN {gan['s_per_sample'] * 1e3:.2f} ms, "
                 f"pixel GPT {ar['s_per_sample'] * 1e3:.2f} ms (64 evaluations). Quality at those costs: FID {diff['fid']:.1f}, "
                 f"{gan['fid']:.1f} and {ar['fid']:.1f}."))
+    if "distilled" in rows:
+        out.append(distillation_claim(r))
     gpt, dlm = rows["lm"], rows["diffusion-lm"]
     worse = dlm["judge_perplexity"] > 1.2 * gpt["judge_perplexity"]
     better = dlm["judge_perplexity"] < gpt["judge_perplexity"] / 1.2
@@ -97,6 +99,21 @@ def claims(r: Results) -> list[tuple[str, str, str]]:
                 f"gives only an upper bound, {dlm['perplexity_bound']:.1f}. Training: {_t(gpt.get('train_seconds'))} and "
                 f"{_t(dlm.get('train_seconds'))}."))
     return out
+
+
+def distillation_claim(r: Results) -> tuple[str, str, str]:
+    """The rematch: does a 1-step student of the diffusion model run as fast as the GAN, at the teacher's quality?"""
+    rows, gan, diff, one = r.rows, r.rows["gan"], r.rows["diffusion"], r.rows["distilled"]
+    four = next((c for c in r.curves.get("distilled", []) if c["steps"] == 4), None)
+    fast = one["s_per_sample"] <= 3 * gan["s_per_sample"]
+    good = one["fid"] <= 1.3 * diff["fid"] and one["accuracy"] >= 0.98
+    verdict = "supported" if fast and good else "partly supported: fast, but not the teacher's quality" if fast else "contradicted"
+    return ("Distillation closes diffusion's speed gap to the GAN", verdict,
+            f"per image: the 1-step student {one['s_per_sample'] * 1e3:.2f} ms ({one['nfe']} evaluation), the GAN "
+            f"{gan['s_per_sample'] * 1e3:.2f} ms ({one['s_per_sample'] / gan['s_per_sample']:.1f}x), its {ROW_STEPS}-step teacher "
+            f"{diff['s_per_sample'] * 1e3:.2f} ms ({diff['s_per_sample'] / gan['s_per_sample']:.0f}x). FID: student "
+            f"{one['fid']:.1f} at 1 step" + (f" and {four['fid']:.1f} at 4" if four else "") + f", teacher {diff['fid']:.1f}, "
+            f"GAN {gan['fid']:.1f} (real training digits {rows['real digits']['fid']:.1f}); class accuracy {one['accuracy']:.3f}.")
 
 
 def linear_fit(x: list[float], y: list[float]) -> tuple[float, float, float]:
@@ -154,6 +171,12 @@ def markdown(r: Results, figures: dict[str, Path]) -> str:
               "| steps | evaluations | s per image | FID | accuracy | diversity |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['steps']} | {c['nfe']} | {_ms(c['s_per_sample'])} | {c['fid']:.2f} | {c['accuracy']:.3f} | {c['diversity']:.2f} |"
               for c in r.curves["diffusion"]]
+    if r.curves.get("distilled"):
+        lines += ["", f"The distilled student (rectified-flow reflow from the diffusion model's {r.rows['distilled']['teacher_steps']}-step "
+                  f"samples, guidance {r.rows['distilled']['guidance']} distilled in: one evaluation per step):", "",
+                  "| steps | evaluations | s per image | FID | accuracy | diversity |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['steps']} | {c['nfe']} | {_ms(c['s_per_sample'])} | {c['fid']:.2f} | {c['accuracy']:.3f} | {c['diversity']:.2f} |"
+                  for c in r.curves["distilled"]]
     lines += ["", "## Text: Python's documentation", "",
               "| family | parameters | training (its record) | s per 64 tokens | network evaluations | held-out perplexity | judged perplexity | distinct bigrams |",
               "|---|---|---|---|---|---|---|---|"]
@@ -328,7 +351,10 @@ def quality_figure(r: Results, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     d = r.curves["diffusion"]
     left.plot([p["nfe"] for p in d], [p["fid"] for p in d], "o-", label="diffusion (DPM-Solver++ steps)")
-    for name, marker in ((c.key, c.marker) for c in CONTENDERS if c.modality == "image" and c.key != "diffusion"):
+    if r.curves.get("distilled"):
+        s = r.curves["distilled"]
+        left.plot([p["nfe"] for p in s], [p["fid"] for p in s], "D-", label="distilled student (1, 2, 4 steps)")
+    for name, marker in ((c.key, c.marker) for c in CONTENDERS if c.modality == "image" and c.key not in ("diffusion", "distilled")):
         left.plot([r.rows[name]["nfe"]], [r.rows[name]["fid"]], marker, markersize=9, label=NAMES[name])
     left.axhline(r.rows["real digits"]["fid"], color="gray", linestyle="--", label="real training digits")
     left.set_xscale("log")

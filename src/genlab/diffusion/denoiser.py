@@ -28,6 +28,7 @@ from .samplers import check_sampler
 from .schedules import FlowSchedule, NoiseSchedule
 
 CONFIG_FILE = "genlab.json"
+BACKBONES = ("unet", "dit")  # the denoising networks `genlab train diffusion --backbone` builds
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -46,10 +47,17 @@ class DiffusionConfig:
     sampling_steps: int = 20  # the default number of sampling steps
     dropout: float = 0.0  # in every residual block while training (0.1 cuts the bundled model's held-out loss ~15%, not its FID)
     upsample: int = 1  # pictures are resolution * upsample pixels wide: the samples, enlarged bilinearly (see Denoiser.decode)
+    backbone: str = "unet"  # "unet" (diffusers' UNet2DModel) or "dit" (a transformer, dit.py)
+    dit: tuple[int, int, int, int] = (2, 128, 6, 4)  # the DiT's patch size, width, depth and heads
+    distilled: dict | None = None  # a few-step student: what distill.py recorded (teacher, method, steps)
     kind: str = "diffusion"  # what the folder holds (registry.py reads it)
 
     def __post_init__(self):
-        self.widths, self.attention_levels = tuple(self.widths), tuple(self.attention_levels)
+        self.widths, self.attention_levels, self.dit = tuple(self.widths), tuple(self.attention_levels), tuple(self.dit)
+        check(self.backbone in BACKBONES, f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES)}")
+        check(len(self.dit) == 4 and self.resolution % self.dit[0] == 0 and self.dit[1] % (4 * self.dit[3]) == 0,
+              f"dit must be (patch, width, depth, heads) with the patch dividing the image size {self.resolution} "
+              f"and the width a multiple of 4 x heads, got {self.dit}")
         check(self.kind == "diffusion", f"{CONFIG_FILE}: kind must be 'diffusion', got {self.kind!r}")
         check(self.schedule in ("cosine", "linear", "flow"), f"schedule must be cosine, linear or flow, got {self.schedule!r}")
         if self.schedule == "flow":
@@ -60,7 +68,7 @@ class DiffusionConfig:
         check(self.sampling_steps >= 1, f"sampling_steps must be at least 1, got {self.sampling_steps}")
         check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         check(isinstance(self.upsample, int) and 1 <= self.upsample <= 16, f"upsample must be an integer from 1 to 16, got {self.upsample!r}")
-        check(self.resolution % 2 ** (len(self.widths) - 1) == 0,
+        check(self.backbone == "dit" or self.resolution % 2 ** (len(self.widths) - 1) == 0,
               f"image size {self.resolution} must be a multiple of {2 ** (len(self.widths) - 1)} for a {len(self.widths)}-level UNet; "
               f"pass --resolution N with N a multiple of {2 ** (len(self.widths) - 1)}")
 
@@ -98,11 +106,18 @@ def config_from_json(cls, text: str):
 
 
 class Denoiser(torch.nn.Module):
-    """model(xt, t, labels) -> eps or v. labels: (B,) int64, with num_classes meaning "unconditional"."""
+    """model(xt, t, labels) -> eps or v. labels: (B,) int64, with num_classes meaning "unconditional".
+    The network is a UNet (`self.unet`) or, with backbone "dit", a transformer (`self.dit`)."""
 
     def __init__(self, config: DiffusionConfig):
         super().__init__()
         self.config = config
+        if config.backbone == "dit":
+            from .dit import DiT
+
+            patch, dim, depth, heads = config.dit
+            self.dit = DiT(config.resolution, config.channels, config.num_classes, patch, dim, depth, heads)
+            return
         levels = range(len(config.widths))
         down = ["AttnDownBlock2D" if i in config.attention_levels else "DownBlock2D" for i in levels]
         self.unet = _unet_class()(
@@ -124,6 +139,8 @@ class Denoiser(torch.nn.Module):
             labels = None
         elif labels is None:
             labels = torch.full((xt.shape[0],), self.config.num_classes, device=xt.device)
+        if self.config.backbone == "dit":
+            return self.dit(xt, t.to(xt.device), labels)
         return self.unet(xt, t, class_labels=labels).sample
 
     # What ImageGenerator asks of every model (text2image.py's latent model answers the same):
@@ -133,12 +150,16 @@ class Denoiser(torch.nn.Module):
         if self.config.num_classes == 0:
             return {}
         label = parse_prompt(prompt, self.config.class_names)
-        return {"labels": torch.full((n,), label, dtype=torch.long, device=self.unet.device)}
+        return {"labels": torch.full((n,), label, dtype=torch.long, device=self.device)}
 
     def null_condition(self, n: int) -> dict[str, torch.Tensor]:
         if self.config.num_classes == 0:
             return {}
-        return {"labels": torch.full((n,), self.config.num_classes, dtype=torch.long, device=self.unet.device)}
+        return {"labels": torch.full((n,), self.config.num_classes, dtype=torch.long, device=self.device)}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

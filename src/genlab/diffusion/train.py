@@ -75,8 +75,9 @@ class DiffusionRun(Run):
         self.data = load_images(o.data, o.resolution)
         check(self.data.x.shape[-1] == self.data.x.shape[-2],
               f"images must be square, got {tuple(self.data.x.shape[-2:])}; pass --resolution N")
-        shape = {k: tuple(v) for k, v in (("widths", o.widths), ("attention_levels", o.attention_levels)) if v is not None}
-        c = DiffusionConfig(**shape, prediction=o.prediction, schedule=o.schedule, dropout=o.dropout, upsample=o.upsample,
+        shape = {k: tuple(v) for k, v in (("widths", o.widths), ("attention_levels", o.attention_levels), ("dit", o.dit))
+                 if v is not None}
+        c = DiffusionConfig(**shape, backbone=o.backbone, prediction=o.prediction, schedule=o.schedule, dropout=o.dropout, upsample=o.upsample,
                             resolution=self.data.x.shape[-1], channels=self.data.x.shape[1], class_names=self.data.class_names)
         torch.manual_seed(o.seed)  # the initial weights
         self.model = Denoiser(c)

@@ -166,20 +166,24 @@ class Text2ImageRun(Run):
     def build(self) -> torch.nn.Module:
         o = self.options
         self.images, self.warmup = o.images, o.layout_warmup
-        self.model = self._model(o.vae, o.seed, o.layout, o.layout_classes)
+        self.model = self._model(o.vae, o.seed, o.layout, o.layout_classes, o.backbone)
         return self.model.denoiser()
 
     @staticmethod
-    def _model(vae_folder: str, seed: int, layout: int, semantic: bool) -> TextToImage:
+    def _model(vae_folder: str, seed: int, layout: int, semantic: bool, backbone: str = "unet") -> TextToImage:
         from diffusers import AutoencoderKL
 
+        if vae_folder == "shapes":  # the bundled model's VAE
+            from ..registry import locate
+
+            vae_folder = str(locate("shapes").path / "vae")
         folder = Path(vae_folder)
         folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder  # a `train vae` --out folder
         check((folder / "config.json").is_file(), f"--vae {vae_folder}: no trained VAE there; run `genlab train vae` first")
         vae = AutoencoderKL.from_pretrained(folder).eval()
         torch.manual_seed(seed)  # the UNet's initial weights
         classes = tuple(len(names) for names in LAYOUT_CLASSES.values()) if semantic else ()
-        return TextToImage(TextToImageConfig(layout_channels=layout, layout_classes=classes), vae)
+        return TextToImage(TextToImageConfig(layout_channels=layout, layout_classes=classes, backbone=backbone), vae)
 
     def prepare(self, on_progress=None) -> None:
         """Encode the training pool (steps() does it too, if not done yet)."""
@@ -243,8 +247,8 @@ class Text2ImageRun(Run):
         """The model with the EMA weights of the UNet and layout (sharing the VAE and the text encoder)."""
         denoiser = copy.deepcopy(self.trainer.model).eval()
         denoiser.load_state_dict(self.trainer.ema.shadow)
-        unet, layout = (denoiser["unet"], denoiser["layout"]) if self.model.layout is not None else (denoiser, None)
-        return TextToImage(self.model.config, self.model.vae, self.model.encoder, unet, layout)
+        net, layout = (denoiser["unet"], denoiser["layout"]) if self.model.layout is not None else (denoiser, None)
+        return TextToImage(self.model.config, self.model.vae, self.model.encoder, net, layout)
 
     def save_model(self) -> None:
         with atomic_dir(self.out / "model") as tmp:

@@ -94,6 +94,7 @@ class ImageGenerator:
 
         check(self.pipeline is None, "adapter works with genlab's own models; a diffusers pipeline loads LoRA itself", "adapter")
         check(self.drawer is None, f"adapter tunes a diffusion UNet; {spec!r} is a {self.kind.title}", "adapter")
+        check(getattr(self.model, "unet", None) is not None, f"adapter tunes a diffusion UNet; {spec!r} is a DiT", "adapter")
         check(0 <= scale <= 4, f"adapter_scale must be between 0 and 4, got {scale}", "adapter_scale")
         lora = Adapter.for_model(folder, spec)
         unet = self.model.unet

@@ -38,7 +38,11 @@ def base_denoiser(spec: str):
                                          "class-conditional diffusion models such as digits (captioned data is not supported yet)")
     check(ref.kind.name == "diffusion", f"--model {spec!r} is a {ref.kind.title}; `genlab finetune image` adapts "
                                         "class-conditional diffusion models such as digits")
-    return load_model(ref.path)
+    model = load_model(ref.path)
+    check(model.config.backbone == "unet", f"--model {spec!r} is a DiT; `genlab finetune image` adapts UNet models such as digits")
+    check(not model.config.distilled, f"--model {spec!r} is a distilled student: fine-tune its teacher "
+                                      f"({model.config.distilled and model.config.distilled['teacher']!r}), then distill again")
+    return model
 
 
 def relabel(data: ImageData, class_names: list[str], source: str) -> ImageData:

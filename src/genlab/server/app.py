@@ -212,10 +212,10 @@ def _model_cards(models: Models) -> list[dict]:
         card = {"id": name, "object": "model", "created": models.created, "owned_by": "genlab", "kind": "image",
                 "ready": gen is not None, **_registry_card(spec)}
         if gen is not None and gen.pixel_shape is not None:
-            from genlab.diffusion.samplers import SAMPLERS
+            from genlab.diffusion.samplers import samplers_for
 
             channels, height, width = gen.pixel_shape
-            card.update(size=f"{width}x{height}", samplers=[gen.default_sampler] if gen.drawer else list(SAMPLERS),
+            card.update(size=f"{width}x{height}", samplers=[gen.default_sampler] if gen.drawer else samplers_for(gen.schedule),
                         default_sampler=gen.default_sampler, default_steps=gen.default_steps,
                         default_guidance=gen.config.guidance if gen.config else None)
         cards.append(card)

@@ -164,9 +164,34 @@ class DiffusionOptions(RunOptions):
                             min=0, below=1)
     upsample: int = option(1, "Show the model's samples this many times larger, enlarged bilinearly: --resolution 8 "
                               "--upsample 2 denoises the digits at their native 8x8 and draws 16x16, as the bundled model does.")
+    backbone: str = option("unet", "The denoising network: unet (diffusers' UNet2DModel) or dit (a transformer on patches with "
+                                   "adaLN-Zero conditioning, Peebles & Xie 2023).", choices=("unet", "dit"))
     widths: tuple[int, ...] | None = option(None, "The UNet's channels per level; None: DiffusionConfig's.", cli=False)
     attention_levels: tuple[int, ...] | None = option(None, "Levels with self-attention; None: DiffusionConfig's.", cli=False)
+    dit: tuple[int, ...] | None = option(None, "The DiT's patch size, width, depth and heads; None: DiffusionConfig's.", cli=False)
     sample_every: int = option(500, "Save a grid of samples every N steps; 0 = never.", min=0, on_resume=True)
+
+
+@dataclass
+class DistillOptions(RunOptions):
+    """`genlab distill`: a few-step student of a diffusion model, by rectified-flow reflow (diffusion/distill.py)."""
+
+    teacher: str = option("digits", "The diffusion model to distill: a bundled name (digits, shapes) or a model folder.")
+    pairs: int = option(30000, "Noise/image pairs the teacher draws to learn from (about 100 a second for digits on 2 cores).",
+                        min=16)
+    teacher_steps: int = option(20, "The teacher's sampling steps for each pair.", min=1, max=1000)
+    teacher_sampler: str = option("dpmpp", "The teacher's sampler: a deterministic one, so each noise has one image.",
+                                  choices=("dpmpp", "ddim", "euler", "heun"))
+    guidance: float | None = option(None, "The teacher's classifier-free guidance scale, distilled into the student "
+                                          "(default: the teacher's own).", min=0, max=50)
+    student_steps: int = option(4, "The student's default sampling steps (it is trained for 1, 2 and 4, and any count works).",
+                                min=1, max=64)
+    steps: int = option(6000, "Optimizer steps in total; with --resume, a larger total extends the run.", min=1, on_resume=True)
+    batch_size: int = option(128, "Pairs per step.", min=1)
+    lr: float = option(3e-4, "Peak learning rate (AdamW, warm-up then cosine decay; the student starts from the teacher's "
+                             "weights).", above=0)
+    warmup: int = option(100, "Steps of linear learning-rate warm-up before the cosine decay.", min=0)
+    seed: int = option(0, "Seed for the pairs' noise and every batch drawn.", min=0)
 
 
 @dataclass
@@ -184,7 +209,8 @@ class VaeOptions(RunOptions):
 class Text2ImageOptions(RunOptions):
     """`genlab train text2image`: the latent UNet and its prompt layout, step 2 of 2."""
 
-    vae: str = option("runs/shapes-vae", "The trained VAE: a `genlab train vae` --out folder.", path=())
+    vae: str = option("runs/shapes-vae", "The trained VAE: a `genlab train vae` --out folder, or `shapes` for the bundled "
+                                         "shapes model's.", path=("shapes",))
     images: int = option(20000, "Captioned pictures in the training pool, encoded once at the start.", min=1)
     layout: int = option(8, "Channels of the prompt layout, a map of what the prompt puts where, read by the UNet next to "
                             "the latent (diffusion/text2image.py); the first 4 learn to guess the latent picture; it makes "
@@ -194,6 +220,9 @@ class Text2ImageOptions(RunOptions):
     layout_classes: bool | None = option(None, "A semantic layout: it also learns which colour, shape and size covers each "
                                                "latent position (the shapes world's ground truth), and the UNet reads those "
                                                "probabilities. (default: yes, with a layout)")
+    backbone: str = option("unet", "The denoising network: unet (diffusers' UNet2DConditionModel) or dit (a transformer on "
+                                   "the latent's positions, cross-attention to the prompt, adaLN-Zero; Peebles & Xie 2023).",
+                           choices=("unet", "dit"))
     steps: int = option(4000, "Optimizer steps in total; with --resume, a larger total extends the run.", min=1, on_resume=True)
     batch_size: int = option(64, "Pictures per step.", min=1)
     seed: int = option(0, "Seed for the initial weights, the pool and every draw.", min=0)
