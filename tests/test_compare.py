@@ -39,6 +39,8 @@ def test_quick_compare_from_the_bundled_models(tmp_path, capsys):
     assert rows["lm"]["perplexity"] < rows["diffusion-lm"]["perplexity_bound"] * 5
     tokens = [c["tokens"] for c in results["curves"]["lm"]]
     assert tokens == sorted(tokens)
+    assert [c["nfe"] for c in results["curves"]["lm"]] == tokens  # the plain loop: one pass per token, counted
+    assert rows["lm"]["nfe"] == 64
     md = (tmp_path / "report.md").read_text()
     assert "## What the measurements say" in md and "Diffusion is slower" in md
     assert "| Distillation closes diffusion's speed gap to the GAN | **supported** |" in md

@@ -7,7 +7,7 @@ import torch
 
 from genlab import ImageGenerator
 from genlab.image.canvas import png_bytes
-from test_cli import run
+from test_cli import assert_one_line_error, run
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -74,6 +74,11 @@ def test_pipeline_img2img_inpaint_trajectory_and_cli(tiny_sd, tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "x.png").read_bytes() == png_bytes(gen.generate("a cat", steps=4, seed=2, sampler="dpmpp")[0])
     assert Image.open(tmp_path / "t.png").size == (2 * 16 + 1, 16)  # 2 frames of 16 px with a 1 px gap
+
+
+def test_a_pipeline_refuses_the_reflow_sampler_before_loading(tiny_sd, capsys):
+    code, _, err = run(["image", "a cat", "--model", str(tiny_sd), "--sampler", "reflow"], capsys)
+    assert_one_line_error(code, err, "a diffusers pipeline samples with ddpm, ddim, dpmpp, dpmpp-sde, euler, heun, not 'reflow'")
 
 
 def byte_alphabet():

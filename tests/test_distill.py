@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from genlab.diffusion.distill import Conditions, DistillRun, draw_pairs, load_teacher
+from genlab.diffusion.distill import Conditions, DistillRun, draw_pairs, load_teacher, reflow_loss
 from genlab.diffusion.samplers import SAMPLERS, make_plan
 from genlab.diffusion.schedules import FlowSchedule, NoiseSchedule
 from genlab.errors import GenlabError
+from genlab.registry import locate
 from genlab.training.options import DistillOptions
 from test_cli import assert_one_line_error, run
 
@@ -38,6 +39,34 @@ def test_pairs_are_the_teachers_own_samples():
     assert pairs["keys"].tolist() == [i % 10 for i in range(20)]
     images, _ = teacher.class_samples(pairs["keys"], 5, "dpmpp", 1.25, seed=3)
     assert torch.allclose(teacher.model.decode(pairs["x0"]), images, atol=1e-5)
+
+
+def test_the_loss_is_zero_exactly_for_the_straight_velocity():
+    """reflow_loss regresses onto z - x0 at x_t = (1 - t) x0 + t z: a student that reads x0 and z off
+    a lookup answers z - x0 and scores 0; one that answers x0 - z (the sign flipped) does not."""
+    g = torch.Generator().manual_seed(0)
+    pairs = {"z": torch.randn(6, 1, 4, 4, generator=g), "x0": torch.randn(6, 1, 4, 4, generator=g), "keys": torch.arange(6)}
+
+    def student(sign):
+        def velocity(xt, t, labels):  # t = 1000 t': recover x0 from x_t and t, then the direction
+            tt = (t / 1000).view(-1, 1, 1, 1)
+            z = pairs["z"][labels]
+            x0 = torch.where(tt < 1, (xt - tt * z) / (1 - tt).clamp_min(1e-6), pairs["x0"][labels])
+            return sign * (z - x0)
+        velocity.config = type("C", (), {"num_classes": 6})()
+        return velocity
+
+    conditions = Conditions(student(1), None)
+    assert reflow_loss(student(1), pairs, conditions, 64, torch.Generator().manual_seed(1)) < 1e-8
+    assert reflow_loss(student(-1), pairs, conditions, 64, torch.Generator().manual_seed(1)) > 1
+
+
+def test_a_new_run_with_other_settings_redraws_the_pairs(tmp_path):
+    first = DistillRun.create(tmp_path / "r", DistillOptions(steps=2, **TINY))
+    again = DistillRun.create(tmp_path / "r", DistillOptions(steps=2, **TINY))  # same settings: the same file
+    assert again.pairs_seconds == first.pairs_seconds and torch.equal(again.pairs["x0"], first.pairs["x0"])
+    other = DistillRun.create(tmp_path / "r", DistillOptions(steps=2, **{**TINY, "teacher_steps": 2}))
+    assert not torch.allclose(other.pairs["x0"], first.pairs["x0"])  # drawn again, by 2 teacher steps
 
 
 def test_resume_is_bit_for_bit_and_reuses_the_pairs(tmp_path):
@@ -85,7 +114,7 @@ def test_the_bundled_student_draws_the_asked_digit_in_one_step():
 @pytest.mark.parametrize("args,fragment", [
     (["--teacher", "digits-gan"], "--teacher must be one of genlab's diffusion models"),
     (["--teacher", "pydoc-gpt"], "it makes text, not images"),
-    (["--teacher", "digits-distilled"], "is already a distilled student; distill its --teacher ('digits')"),
+    (["--teacher", "digits-distilled"], "is already a distilled student; set --teacher to 'digits', the model it was distilled from"),
     (["--teacher", "/nonexistent"], "unknown model '/nonexistent'"),
     (["--teacher-sampler", "ddpm"], "--teacher-sampler must be dpmpp, ddim, euler or heun, got 'ddpm'"),
     (["--pairs", "3"], "--pairs must be at least 16, got 3"),
@@ -96,6 +125,37 @@ def test_bad_distill_input_is_one_line(tmp_path, args, fragment, capsys):
     assert_one_line_error(code, err, fragment)
 
 
+@pytest.mark.parametrize("args,fragment", [
+    (["--guidance", "3"], "--guidance must be 1 or left out for this model, which has its teacher's scale 1.25 distilled in; got 3.0"),
+    (["--negative-prompt", "8"], "--negative-prompt is not taken by this model, which has its teacher's guidance 1.25 distilled in"),
+])
+def test_a_student_refuses_a_second_guidance(args, fragment, capsys):
+    code, _, err = run(["image", "7", "--model", "digits-distilled"] + args, capsys)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_a_folder_teacher_is_kept_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t").symlink_to(locate("digits").path)  # a teacher folder, named relative to the working directory
+    assert DistillOptions(teacher="t").teacher == str((tmp_path / "t").resolve())
+    assert DistillOptions(teacher="digits").teacher == "digits"
+
+
 def test_a_student_refuses_the_teachers_samplers(capsys):
     code, _, err = run(["image", "7", "--model", "digits-distilled", "--sampler", "dpmpp"], capsys)
     assert_one_line_error(code, err, "a rectified-flow model samples with euler, heun or reflow, not 'dpmpp'")
+
+
+def test_a_text_to_image_teacher_distills_into_a_prompted_student(tmp_path, capsys):
+    """The shapes model distills the same way: pairs drawn for training captions, the student keeps
+    the teacher's VAE and text encoder and draws a prompt in one evaluation."""
+    out = tmp_path / "shapes-student"
+    code, _, err = run(["distill", "--teacher", "shapes", "--steps", "2", "--checkpoint-every", "2", "--out", str(out)]
+                       + [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()], capsys)
+    assert code == 0, err
+    code, _, err = run(["image", "a red circle", "--model", str(out), "--steps", "1", "--seed", "3",
+                        "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 0 and "1 model calls" in err, err
+    from PIL import Image
+
+    assert Image.open(tmp_path / "x.png").size == (32, 32)

@@ -1,5 +1,7 @@
 """The DiT backbone (diffusion/dit.py): shapes, adaLN-Zero, training through `genlab train diffusion --backbone dit`."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -108,3 +110,37 @@ def test_text_to_image_dit_trains_saves_and_draws(tmp_path, capsys):
     assert not torch.allclose(model(zt, t, **cond), model(zt, t, **other))  # the prompt reaches the prediction
     code, _, err = run(["image", "a red circle", "--model", str(out), "--steps", "2", "--out", str(tmp_path / "x.png")], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_hot_inputs_replay_a_traced_graph_that_matches_eager_exactly(backbone):
+    config = DiffusionConfig(resolution=8, channels=1, widths=[16, 32], attention_levels=[1], class_names=list("abc"),
+                             backbone=backbone, dit=list(SMALL))
+    model = Denoiser(config).eval().requires_grad_(False)
+    for p in model.parameters():  # past adaLN-Zero's zeros, so every layer shows in the output
+        p.add_(torch.randn_like(p) * 0.05)
+    x, t, labels = torch.randn(2, 1, 8, 8), torch.tensor([900.0, 100.0]), torch.tensor([0, 3])
+    with torch.inference_mode():
+        eager = model.network(x, t, labels)
+        outs = [model(x, t, labels) for _ in range(Denoiser.HOT_CALLS + 2)]
+        graph = model._hot[next(iter(model._hot))]
+        assert isinstance(graph, torch.jit.ScriptModule)  # traced once the shape was hot
+        assert all(torch.equal(o, eager) for o in outs)
+        x2 = torch.randn(2, 1, 8, 8)
+        assert torch.equal(model(x2, t * 0.5, labels), model.network(x2, t * 0.5, labels))  # new values, same graph
+        next(model.parameters()).mul_(1.5)  # the graph shares the weights, so it sees edits to them
+        assert torch.equal(model(x, t, labels), model.network(x, t, labels))
+        assert not torch.equal(model(x, t, labels), eager)
+    model._hot.clear()
+    with torch.inference_mode(), ThreadPoolExecutor(4) as pool:  # the server's threads: one trace, every answer exact
+        x3 = torch.randn(1, 1, 8, 8)
+        def call(_):
+            with torch.inference_mode():  # grad mode is per thread; the server's threads run in inference mode too
+                return model(x3, t[:1], labels[:1])
+
+        outs = list(pool.map(call, range(3 * Denoiser.HOT_CALLS)))
+        assert all(torch.equal(o, model.network(x3, t[:1], labels[:1])) for o in outs)
+        assert [type(g) for g in model._hot.values()] == [torch.jit.TopLevelTracedModule]
+    with torch.enable_grad():  # training-style calls never take the traced path
+        model.requires_grad_(True)
+        assert model(x, t, labels).grad_fn is not None

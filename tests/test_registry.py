@@ -96,7 +96,8 @@ def test_server_lists_every_bundled_model_with_its_family(server):
         assert cards[name]["model_kind"] == b.kind and cards[name]["family"] == KINDS[b.kind].family
         assert cards[name]["kind"] == KINDS[b.kind].output
     assert cards["digits-gan"]["samplers"] == ["generator"] and cards["digits-ar"]["default_steps"] == 64
-    assert cards["digits-distilled"]["samplers"] == ["reflow"] and cards["digits-distilled"]["default_steps"] == 4
+    assert cards["digits-distilled"]["samplers"] == ["euler", "heun", "reflow"] and cards["digits-distilled"]["default_steps"] == 4
+    assert cards["digits-distilled"]["distilled_from"] == "digits" and cards["digits"]["distilled_from"] is None
     assert cards["pydoc-mdlm"]["chat"] is False and cards["smollm2-135m-instruct"]["chat"] is True
 
 

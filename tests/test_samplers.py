@@ -5,7 +5,7 @@ import torch
 
 from genlab.errors import GenlabError
 from genlab.diffusion.samplers import SAMPLERS, make_plan, model_calls
-from genlab.diffusion.schedules import NoiseSchedule
+from genlab.diffusion.schedules import FlowSchedule, NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -112,7 +112,7 @@ def test_rectified_flow_matches_diffusers_flow_match_schedulers(name, steps):
 def test_rectified_flow_only_with_ode_samplers():
     from genlab.diffusion.schedules import FlowSchedule
 
-    with pytest.raises(GenlabError, match="a rectified-flow model samples with euler or heun, not 'ddim'"):
+    with pytest.raises(GenlabError, match="a rectified-flow model samples with euler, heun or reflow, not 'ddim'"):
         make_plan("ddim", FlowSchedule(), 10)
 
 
@@ -126,8 +126,9 @@ def test_ddpm_noise_comes_from_the_generator():
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_one_step_starts_from_pure_noise(sampler):
-    plan = make_plan(sampler, NoiseSchedule.linear(), 1)
-    assert plan.timesteps.tolist() == [999.0] and plan.sigmas[-1] == 0
+    flow = sampler == "reflow"  # a distilled student's: t = 1 is pure noise on the straight path
+    plan = make_plan(sampler, FlowSchedule() if flow else NoiseSchedule.linear(), 1)
+    assert plan.timesteps.tolist() == [1000.0 if flow else 999.0] and plan.sigmas[-1] == 0
 
 
 def test_img2img_plan_keeps_the_last_steps():

@@ -235,7 +235,7 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     ("/v1/images/generations", {"prompt": "hello", "model": "digits"}, 400, None, "names none of them"),
     ("/v1/images/generations", {"prompt": "7", "size": "1024x1024"}, 400, None, "draws 16x16"),
     ("/v1/images/generations", {"prompt": "7", "response_format": "url"}, 422, "response_format", "b64_json"),
-    ("/v1/images/generations", {"prompt": "7", "model": "sd"}, 404, "model", "digits, shapes"),
+    ("/v1/images/generations", {"prompt": "7", "model": "sd"}, 404, "model", "digits, digits-distilled, shapes"),
     ("/v1/images/generations", {"prompt": "7", "n": 50}, 400, None, "between 1 and 8"),
     ("/v1/images/generations", {"prompt": "7", "sampler": "plms"}, 400, None, "ddpm, ddim"),
     ("/v1/images/generations", {"prompt": "7", "steps": 0}, 400, "steps", "steps must be an integer of at least 1, got 0"),

@@ -73,5 +73,6 @@ def retrain(runs: Path):
         console.print(f"[{c.key}] " + ("resuming" if resuming else "training") + f" in {out}, step {run.trainer.step} "
                       f"of {run.trainer.config.steps}")
         train(run)
-        folders[c.key], seconds[c.key] = out / "model", run.trainer.seconds
+        # a distilled student's cost includes its teacher drawing the pairs (its teacher's own training is its own row)
+        folders[c.key], seconds[c.key] = out / "model", run.trainer.seconds + (getattr(run, "pairs_seconds", None) or 0)
     return Models(folders, seconds, resumed)

@@ -52,6 +52,8 @@ def image(
     from genlab.errors import check, check_number
     from genlab.image.canvas import grid, save_pngs, upscale
     from genlab.image.generator import ImageGenerator, ImageRequest, pick_model
+    from genlab.diffusion.diffusers_pipeline import check_pipeline_sampler
+    from genlab.registry import locate
     from genlab.store import check_writable
 
     check(out.suffix.lower() == ".png", f"--out must end in .png, got {str(out)!r}")
@@ -65,7 +67,10 @@ def image(
     request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
                            trajectory_frames=frames if trajectory else 0)
-    gen = ImageGenerator(model or pick_model(prompt), device=device, dtype=dtype, adapter=adapter, adapter_scale=adapter_scale)
+    model = model or pick_model(prompt)
+    if locate(model, "image").kind.name == "diffusers-pipeline":  # before loading it, which prints diffusers' own output
+        check_pipeline_sampler(sampler)
+    gen = ImageGenerator(model, device=device, dtype=dtype, adapter=adapter, adapter_scale=adapter_scale)
     request = gen.filled(request)
     gen.check_prompt(request)  # one line now, not after the model has run
     with step_progress(gen.default_sampler if request.sampler is None else request.sampler, request.steps or gen.default_steps) as update:

@@ -21,13 +21,14 @@ Quality measures:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .benches import ImageBench, TextBench
 
 ROW_STEPS = 20  # the diffusion model's row in the table: its default, DPM-Solver++ with 20 steps
 TEXT_LENGTHS = (16, 32, 64, 120)  # GPT output lengths timed (64 is the table's row)
@@ -107,7 +108,8 @@ def measure(models: Models, quick: bool = True, on_stage: Callable[[str], None] 
     r = Results(quick=quick, samples=SAMPLES[quick], resumed=models.resumed)
     r.machine = {"cpu": cpu_model() or platform.machine(), "threads": torch.get_num_threads(),
                  "torch": torch.__version__}
-    benches = {"image": ImageBench(r.samples), "text": TextBench(models)}
+    first_text = next(c for c in CONTENDERS if c.modality == "text")  # the text models share genlab train lm's BPE
+    benches = {"image": ImageBench(r.samples), "text": TextBench(models.folders[first_text.key])}
     for c in CONTENDERS:
         folder = models.folders[c.key]
         row = c.measure(folder, benches[c.modality], r, on_stage)
@@ -120,72 +122,18 @@ def measure(models: Models, quick: bool = True, on_stage: Callable[[str], None] 
 
 
 def recorded_train_seconds(folder: Path) -> float | None:
-    """The training time the trainer wrote into the model folder (genlab-train.json, or the card)."""
+    """The training time the trainer wrote into the model folder (genlab-train.json, or the card);
+    for a distilled student, with the time its teacher took to draw the pairs."""
     from ..registry import read_card
 
     train = Path(folder) / "genlab-train.json"
     info = json.loads(train.read_text()) if train.is_file() else read_card(Path(folder)) or {}
-    return info.get("train_seconds")
+    seconds = info.get("train_seconds")
+    return seconds + (info.get("pairs_seconds") or 0) if seconds is not None else None
 
 
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-# --- what every family of a modality is measured against ----------------------------------
-
-class ImageBench:
-    """Held-out digits and the digit classifier: FID, class accuracy and diversity, the same for every family."""
-
-    def __init__(self, samples: int):
-        from ..data.digits import digits
-        from ..eval.digits import DigitClassifier, diversity
-
-        self.clf = DigitClassifier.bundled()
-        self.held = digits(16, "test")
-        self.held_feats = self.clf.features(self.held.x)
-        self.labels = torch.arange(10).repeat_interleave(samples // 10)  # the classes asked for
-        self.grid_labels = torch.arange(10).repeat(4)  # the report's sample sheet
-        self.real_diversity = diversity(self.held_feats, self.held.labels)
-
-    def quality(self, x: torch.Tensor) -> dict:
-        from ..eval.digits import accuracy, diversity, fid
-
-        f = self.clf.features(x)
-        return {"fid": fid(f, self.held_feats), "accuracy": accuracy(self.clf, x, self.labels),
-                "diversity": diversity(f, self.labels) / self.real_diversity}
-
-    def real_row(self) -> dict:
-        from ..data.digits import digits
-        from ..eval.digits import accuracy, diversity, fid
-
-        train, n = digits(16, "train"), len(self.labels)
-        spread = torch.linspace(0, len(train.x) - 1, n).long()  # across all writers, not the first few
-        feats = self.clf.features(train.x[spread])
-        return {"modality": "image", "fid": fid(feats, self.held_feats), "accuracy": accuracy(self.clf, self.held.x, self.held.labels),
-                "diversity": diversity(feats, train.labels[spread]) / self.real_diversity,
-                "note": f"{n} training digits, spread over all writers, against the 360 held-out ones"}
-
-
-class TextBench:
-    """The held-out tenth of the corpus, the independent judge, and the tokenizer the text models share."""
-
-    def __init__(self, models: Models):
-        from ..autoregressive.train_lm import read_corpus, split
-        from ..text.tokenizer import Tokenizer
-
-        self.held_text = split(read_corpus("pydoc"))[1]
-        self.judge = Judge()
-        first = next(c for c in CONTENDERS if c.modality == "text")  # they share genlab train lm's BPE
-        self.tokenizer = Tokenizer.from_folder(models.folders[first.key])
-
-    def scores(self, texts: list[str]) -> dict:
-        return {"judge_perplexity": self.judge.perplexity(texts), "distinct_2": distinct_2(texts, self.tokenizer)}
-
-    def real_row(self, n: int, chars: int = 300) -> dict:
-        step = len(self.held_text) // n
-        real = [self.held_text[i * step:i * step + chars] for i in range(n)]
-        return {"modality": "text", **self.scores(real), "note": "held-out passages of about the same length, scored the same way"}
 
 
 # --- the families ------------------------------------------------------------------------
@@ -277,8 +225,8 @@ def measure_gpt(folder: Path, bench: TextBench, r: Results, on_stage) -> dict:
     calls = count_calls(gpt.lm)
     for n in TEXT_LENGTHS:
         calls[0] = 0
-        runs = [gpt.complete(p, raw=True, max_new_tokens=n, ignore_eos=True, temperature=1.0, seed=i)
-                for i, p in enumerate(TEXT_PROMPTS)]
+        runs = [gpt.complete(p, raw=True, max_new_tokens=n, ignore_eos=True, temperature=1.0, seed=i, speculative="off")
+                for i, p in enumerate(TEXT_PROMPTS)]  # the plain loop: speculative decoding is a separate matter (docs/text-engines.md)
         s = sum(g.stats.total_s for g in runs) / len(runs)
         r.curves.setdefault("lm", []).append({"tokens": n, "nfe": calls[0] / len(runs), "s_per_sample": s})
     texts = [gpt.generate(p, raw=True, max_new_tokens=64, ignore_eos=True, temperature=1.0, seed=i)
@@ -314,45 +262,20 @@ def measure_mdlm(folder: Path, bench: TextBench, r: Results, on_stage) -> dict:
 
 
 def count_calls(model) -> list[int]:
-    """Count a model's forward calls from here on (one network evaluation each): returns the counter."""
-    counter, forward = [0], model.forward
+    """Count a model's passes from here on (one network evaluation each: `forward`, and `forward_all`
+    where a text engine has it, which scores several positions in one pass): returns the counter."""
+    counter = [0]
 
-    def counted(*args, **kwargs):
-        counter[0] += 1
-        return forward(*args, **kwargs)
+    def counting(method):
+        def counted(*args, **kwargs):
+            counter[0] += 1
+            return method(*args, **kwargs)
+        return counted
 
-    model.forward = counted
+    for name in ("forward", "forward_all"):
+        if hasattr(model, name):
+            setattr(model, name, counting(getattr(model, name)))
     return counter
-
-
-def distinct_2(texts: list[str], tokenizer) -> float:
-    """Distinct bigrams over all bigrams of the samples' tokens (Li et al. 2016): 1 never repeats, near 0 loops."""
-    pairs = [tuple(ids[i:i + 2]) for t in texts for ids in [tokenizer.encode(t, add_special_tokens=False)]
-             for i in range(len(ids) - 1)]
-    return len(set(pairs)) / max(1, len(pairs))
-
-
-class Judge:
-    """Generative perplexity: how surprising a text is to an independent language model, here
-    SmolLM2-135M, bundled with genlab and trained on far more text than either model here."""
-
-    def __init__(self):
-        from ..text.engine import load_language_model
-        from ..text.sources import DEFAULT_TEXT_MODEL, resolve
-
-        self.lm = load_language_model(resolve(DEFAULT_TEXT_MODEL), dtype="float32")
-
-    @torch.inference_mode()
-    def perplexity(self, texts: list[str]) -> float:
-        total, count = 0.0, 0
-        for text in texts:
-            ids = self.lm.tokenizer.encode(text, add_special_tokens=False)[:256]
-            model = self.lm.model
-            logits = model(torch.tensor([ids]), model.new_cache(len(ids)))[0, :-1]
-            total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
-            count += len(ids) - 1
-        return math.exp(total / max(1, count))
-
 
 
 # --- the contenders: one adapter per family -----------------------------------------------

@@ -31,6 +31,12 @@ SCHEDULERS = {  # genlab's sampler name -> (diffusers scheduler, settings)
 }
 
 
+def check_pipeline_sampler(sampler: str | None) -> None:
+    """None (the pipeline's own scheduler) or one with a diffusers scheduler; reflow is a genlab student's alone."""
+    check(sampler is None or sampler in SCHEDULERS, f"a diffusers pipeline samples with {', '.join(SCHEDULERS)}, not "
+          f"{sampler!r} (reflow is a distilled genlab student's)", "sampler")
+
+
 class DiffusersPipeline:
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype):
         import diffusers
@@ -65,6 +71,7 @@ class DiffusersPipeline:
 
         pipe = self._variant(request)
         if request.sampler:  # otherwise keep the pipeline's own scheduler
+            check_pipeline_sampler(request.sampler)
             name, settings = SCHEDULERS[request.sampler]
             pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **settings)
         accepts = inspect.signature(pipe.__call__).parameters

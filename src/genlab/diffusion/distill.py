@@ -19,8 +19,8 @@ Fast", sections 2.2-2.3):
 The student starts from the teacher's weights (same network, same timestep scale: flow time t
 is shown as 1000 t) and keeps the teacher's classes and "no class" embedding. Guidance is
 distilled in: the pairs were drawn at the teacher's guidance scale, so the student runs one
-network evaluation a step with guidance 1; a --guidance above 1 on the student is applied on
-top, as for any model. It samples with the `reflow` sampler (samplers.py): Euler on a uniform
+network evaluation a step with guidance 1, and takes no other scale (its "no class" input
+never learned a flow; image/generator.py refuses one). It samples with the `reflow` sampler (samplers.py): Euler on a uniform
 time grid, 1 - i/n.
 
     run = DistillRun.create(Path("runs/digits-distilled"), DistillOptions(teacher="digits"))
@@ -43,6 +43,7 @@ from ..training.loop import StepStats, TrainConfig
 from ..training.options import DistillOptions, OptionError
 from ..training.run import Run
 from .samplers import SAMPLERS, make_plan
+from .schedules import FlowSchedule
 
 PAIRS_FILE = "pairs.safetensors"
 BATCH = 500  # pairs the teacher draws at once
@@ -60,12 +61,12 @@ def load_teacher(spec: str):
     except GenlabError as e:
         raise OptionError(str(e), "teacher") from None
     if ref.kind.name not in ("diffusion", "text2image"):
-        raise OptionError(f"--teacher must be one of genlab's diffusion models (digits, shapes, or a folder that "
+        raise OptionError(f"teacher must be one of genlab's diffusion models (digits, shapes, or a folder that "
                           f"`genlab train diffusion` or `text2image` wrote); {spec!r} is a {ref.kind.title}", "teacher")
-    gen = ImageGenerator(spec)
+    gen = ImageGenerator(spec, device="cpu", dtype="float32")  # the student trains on the CPU, from a copy of it
     if gen.config.distilled:
-        raise OptionError(f"{spec!r} is already a distilled student; distill its teacher "
-                          f"({gen.config.distilled['teacher']!r}) instead", "teacher")
+        raise OptionError(f"{spec!r} is already a distilled student; set teacher to "
+                          f"{gen.config.distilled['teacher']!r}, the model it was distilled from", "teacher")
     return gen
 
 
@@ -133,9 +134,8 @@ def reflow_loss(student, pairs: dict[str, torch.Tensor], conditions: Conditions,
     which = torch.randint(3, (batch,), generator=generator)
     on_grid = torch.tensor(GRID)[torch.randint(len(GRID), (batch,), generator=generator)]
     t = torch.where(which == 0, 1.0, torch.where(which == 1, on_grid, torch.rand(batch, generator=generator)))  # (B,)
-    tt = t.view(-1, 1, 1, 1)
-    xt = (1 - tt) * x0 + tt * z  # the straight line from the image (t = 0) to its noise (t = 1)
-    return F.mse_loss(student(xt, t * 1000, **conditions(keys)), z - x0)
+    flow = FlowSchedule()  # the straight line from the image (t = 0) to its noise (t = 1), and its direction
+    return F.mse_loss(student(flow.add_noise(x0, z, t), t * flow.num_steps, **conditions(keys)), flow.velocity(x0, z))
 
 
 class DistillRun(Run):
@@ -159,21 +159,25 @@ class DistillRun(Run):
                 "teacher_steps": o.teacher_steps, "guidance": self.guidance, "pairs": o.pairs, "trained_for": [1, 2, 4]}
 
     def _pairs(self) -> dict[str, torch.Tensor]:
+        """The teacher's pairs: drawn once and kept in out/pairs.safetensors, with what they were drawn by
+        in its metadata, so a resumed run learns from the same pairs and a new run with other settings redraws."""
+        from safetensors import safe_open
         from safetensors.torch import load_file, save
 
-        path = self.out / PAIRS_FILE
-        if path.is_file():  # a resumed run learns from the same pairs
-            from safetensors import safe_open
-
+        o, path = self.options, self.out / PAIRS_FILE
+        drawn_by = json.dumps({"teacher": o.teacher, "sampler": o.teacher_sampler, "steps": o.teacher_steps,
+                               "guidance": self.guidance, "pairs": o.pairs, "seed": o.seed})
+        if path.is_file():
             with safe_open(str(path), "pt") as f:
-                seconds = (f.metadata() or {}).get("seconds")
-            self.pairs_seconds = float(seconds) if seconds else None
-            return load_file(str(path))
+                meta = f.metadata() or {}
+            if meta.get("drawn_by") == drawn_by:
+                self.pairs_seconds = float(meta["seconds"])
+                return load_file(str(path))
         import time
 
         from ..progress import step_progress
 
-        o, done, start = self.options, [0], time.perf_counter()
+        done, start = [0], time.perf_counter()
         with step_progress(f"the teacher draws {o.pairs} pairs ({o.teacher_sampler}, {o.teacher_steps} steps)", o.pairs) as update:
             def advance(n: int) -> None:
                 done[0] += n
@@ -182,7 +186,8 @@ class DistillRun(Run):
             pairs = draw_pairs(self.teacher, Conditions.for_teacher(self.teacher.model), o.pairs, o.teacher_steps,
                                o.teacher_sampler, self.guidance, o.seed, advance)
         self.pairs_seconds = round(time.perf_counter() - start, 1)
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in pairs.items()}, {"seconds": str(self.pairs_seconds)}))
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in pairs.items()},
+                                      {"drawn_by": drawn_by, "seconds": str(self.pairs_seconds)}))
         return pairs
 
     def train_config(self) -> TrainConfig:

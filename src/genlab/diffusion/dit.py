@@ -7,7 +7,8 @@ the tokens of x_t to the tokens of the prediction. The timestep and the class en
 adaLN-Zero (section 3.2): every block normalises without learned affine parameters, and a
 linear layer of the conditioning vector c = embed(t) + embed(class) gives each block a
 shift, a scale and a gate for both of its halves. The gates start at zero, so every block
-starts as the identity and the network as a whole starts by predicting zero.
+starts as the identity and the network as a whole starts by predicting zero (with text, the
+cross-attention below is ungated, as in PixArt-alpha, and does not start at zero).
 
     x  (B, C, H, W) -> patches (B, N, C p p) -> tokens (B, N, dim) + 2-D position
     c  = timestep_mlp(sinusoid(t)) + class_embedding(label)                       # (B, dim)

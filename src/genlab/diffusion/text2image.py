@@ -185,12 +185,12 @@ class TextToImage(torch.nn.Module):
             from .dit import DiT
 
             patch, dim, depth, heads = c.dit
-            self.unet, self.dit = None, net if net is not None else DiT(
+            self.dit = net if net is not None else DiT(
                 c.latent_size, c.latent_channels + c.layout_inputs, patch=patch, dim=dim, depth=depth, heads=heads,
                 text_width=TextEncoder.width, out_channels=c.latent_channels)
         else:
             self.dit = None
-        self.unet = net if net is not None or c.backbone == "dit" else UNet2DConditionModel(
+        self.unet = None if c.backbone == "dit" else net if net is not None else UNet2DConditionModel(
             sample_size=c.latent_size, in_channels=c.latent_channels + c.layout_inputs, out_channels=c.latent_channels,
             block_out_channels=c.widths, layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D",) * len(c.widths), up_block_types=("CrossAttnUpBlock2D",) * len(c.widths),

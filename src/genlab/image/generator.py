@@ -146,9 +146,20 @@ class ImageGenerator:
             self.drawer.check(request)
             self.drawer.condition(request.prompt)
         elif self.model is not None:
+            self._check_distilled(request)
             self.model.condition(request.prompt, 1)
             if request.negative_prompt:
                 self.model.condition(request.negative_prompt, 1)
+
+    def _check_distilled(self, request: "ImageRequest") -> None:
+        """A distilled student (diffusion/distill.py) learned its teacher's guided images, so guidance is
+        in its weights; its "no class" input was never trained as a flow, so it takes no other scale."""
+        made = self.config.distilled
+        if made:
+            check(request.guidance in (None, 1), f"guidance must be 1 or left out for this model, which has its teacher's "
+                  f"scale {made['guidance']} distilled in; got {request.guidance}", "guidance")
+            check(not request.negative_prompt, f"negative_prompt is not taken by this model, which has its teacher's "
+                  f"guidance {made['guidance']} distilled in", "negative_prompt")
 
     @torch.inference_mode()
     def stream(self, request: ImageRequest) -> Iterator[SampleStep]:
@@ -159,6 +170,7 @@ class ImageGenerator:
             yield from self.drawer.stream(request)
             return
         m, n, sampler = self.model, request.n, request.sampler
+        self._check_distilled(request)
         cond = m.condition(request.prompt, n)
         uncond = m.condition(request.negative_prompt, n) if request.negative_prompt else m.null_condition(n)
         denoise = guided(m, cond, uncond, self.guidance(request), self.dtype)

@@ -217,7 +217,8 @@ def _model_cards(models: Models) -> list[dict]:
             channels, height, width = gen.pixel_shape
             card.update(size=f"{width}x{height}", samplers=[gen.default_sampler] if gen.drawer else samplers_for(gen.schedule),
                         default_sampler=gen.default_sampler, default_steps=gen.default_steps,
-                        default_guidance=gen.config.guidance if gen.config else None)
+                        default_guidance=gen.config.guidance if gen.config else None,
+                        distilled_from=(gen.config.distilled or {}).get("teacher") if gen.config else None)
         cards.append(card)
     return cards
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GenlabError
+from ..registry import BUNDLED
 
 
 class OptionError(GenlabError):
@@ -171,12 +172,17 @@ class DiffusionOptions(RunOptions):
     dit: tuple[int, ...] | None = option(None, "The DiT's patch size, width, depth and heads; None: DiffusionConfig's.", cli=False)
     sample_every: int = option(500, "Save a grid of samples every N steps; 0 = never.", min=0, on_resume=True)
 
+    def validate(self):
+        check_option(self.dropout == 0 or self.backbone == "unet", f"dropout is the UNet's (in its residual blocks); "
+                     f"the DiT has none, so give dropout 0 with backbone dit, got {self.dropout}", "dropout", "backbone")
+
 
 @dataclass
 class DistillOptions(RunOptions):
     """`genlab distill`: a few-step student of a diffusion model, by rectified-flow reflow (diffusion/distill.py)."""
 
-    teacher: str = option("digits", "The diffusion model to distill: a bundled name (digits, shapes) or a model folder.")
+    teacher: str = option("digits", "The diffusion model to distill: a bundled name (digits, shapes) or a model folder.",
+                          path=tuple(BUNDLED))
     pairs: int = option(30000, "Noise/image pairs the teacher draws to learn from (about 100 a second for digits on 2 cores).",
                         min=16)
     teacher_steps: int = option(20, "The teacher's sampling steps for each pair.", min=1, max=1000)

@@ -77,8 +77,9 @@ function imageOptions() {
   $("sampler").replaceChildren(new Option("model's default", ""), ...samplers.map((s) => new Option(s, s)));
   const diffusion = card.family !== "gan" && card.model_kind !== "ar-image";
   for (const id of ["steps", "guidance"]) {
-    $(id).disabled = !diffusion;
-    if (!diffusion) $(id).value = "";
+    const off = !diffusion || (id === "guidance" && Boolean(card.distilled_from)); // a student has its teacher's guidance built in
+    $(id).disabled = off;
+    if (off) $(id).value = "";
   }
 }
 
