@@ -240,6 +240,10 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     ("/v1/images/generations", {"prompt": "7", "sampler": "plms"}, 400, None, "ddpm, ddim"),
     ("/v1/images/generations", {"prompt": "7", "steps": 0}, 400, "steps", "steps must be an integer of at least 1, got 0"),
     ("/v1/images/generations", {"prompt": "7", "guidance_scale": -1}, 400, "guidance_scale", "guidance_scale must be a finite number between 0 and 100"),
+    ("/v1/images/generations", {"prompt": "7", "model": "digits-distilled", "guidance_scale": 3}, 400, "guidance_scale",
+     "guidance_scale must be 1 or left out for this model, which has its teacher's scale 1.25 distilled in"),
+    ("/v1/images/generations", {"prompt": "a cat sitting on a sofa", "model": "shapes"}, 400, None,
+     "'a cat sitting on a sofa' names nothing this text-to-image model can draw: it knows circles, squares and triangles"),
 ])
 def test_bad_input_is_one_clear_openai_error(server, route, body, status, param, words):
     r = httpx.post(server.url + route, json=body, timeout=60)

@@ -107,6 +107,20 @@ def test_empty_prompt_is_a_clear_error(tiny_t2i, prompt):
         ImageGenerator(str(tiny_t2i)).generate(prompt, steps=2)
 
 
+def test_a_prompt_naming_nothing_drawable_is_refused_not_drawn_black(tiny_t2i, capsys):
+    from test_cli import assert_one_line_error, run
+
+    code, _, err = run(["image", "a cat sitting on a sofa", "--out", "never.png"], capsys)  # the bundled shapes model
+    assert_one_line_error(code, err, "'a cat sitting on a sofa' names nothing this text-to-image model can draw: it knows "
+                                     "circles, squares and triangles in red, orange, yellow, green, blue, purple")
+    assert "genlab imagine" in err and "diffusers pipeline folder" in err
+    gen = ImageGenerator(str(tiny_t2i))
+    with pytest.raises(GenlabError, match="names nothing this text-to-image model can draw"):
+        gen.generate("a Cat", steps=2)
+    [img] = gen.generate("Two RED squares", steps=2, negative_prompt="blurry, dark")  # a negative need name nothing
+    assert img.size == (32, 32)
+
+
 def test_every_sampler_img2img_and_inpainting_run_in_latent_space(tiny_t2i, tmp_path):
     from PIL import Image
 

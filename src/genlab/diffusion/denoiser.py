@@ -181,7 +181,7 @@ class Denoiser(torch.nn.Module):
     # What ImageGenerator asks of every model (text2image.py's latent model answers the same):
     # the prompt as keyword inputs for forward, and the way between pixels and the sampled space.
 
-    def condition(self, prompt: str, n: int) -> dict[str, torch.Tensor]:
+    def condition(self, prompt: str, n: int, negative: bool = False) -> dict[str, torch.Tensor]:  # a negative names a class too
         if self.config.num_classes == 0:
             return {}
         label = parse_prompt(prompt, self.config.class_names)

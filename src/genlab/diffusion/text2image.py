@@ -228,8 +228,11 @@ class TextToImage(torch.nn.Module):
 
     # --- the prompt end ---------------------------------------------------------------------------
 
-    def condition(self, prompt: str, n: int) -> dict[str, torch.Tensor]:
+    def condition(self, prompt: str, n: int, negative: bool = False) -> dict[str, torch.Tensor]:
+        """The prompt's text-encoder states; a negative prompt ("blurry") need not name anything drawable."""
         check(bool(prompt and prompt.strip()), "the prompt is empty; describe the picture, e.g. 'a red circle above a blue square'")
+        if not negative:
+            check_drawable(prompt)
         return self._states(prompt, n)
 
     def null_condition(self, n: int) -> dict[str, torch.Tensor]:
@@ -256,6 +259,20 @@ class TextToImage(torch.nn.Module):
         """An inpainting mask (B, 1, H, W) at pixel size -> latent size: a latent is repainted if
         any pixel it covers is (as diffusers' inpainting with a plain SD model does, roughly)."""
         return torch.nn.functional.adaptive_max_pool2d(mask, self.config.latent_size)
+
+
+def check_drawable(prompt: str) -> None:
+    """genlab's text-to-image models learn the shapes world (data/shapes.py): a prompt that names none
+    of its shapes or colours would come out as an empty black picture, so it is refused in one line."""
+    import re
+
+    from ..data.shapes import COLORS, SHAPES
+
+    words = set(re.findall(r"[a-z]+", prompt.lower()))
+    known = set(COLORS) | set(SHAPES) | {s + "s" for s in SHAPES}
+    check(bool(words & known), f"{prompt!r} names nothing this text-to-image model can draw: it knows circles, squares "
+          f"and triangles in {', '.join(COLORS)}, e.g. 'a red circle above a blue square'; for other subjects try "
+          f"`genlab imagine` (an LLM turns the idea into such a prompt) or a diffusers pipeline folder as the model")
 
 
 def save_text2image(model: TextToImage, folder: Path) -> None:

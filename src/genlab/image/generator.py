@@ -149,7 +149,7 @@ class ImageGenerator:
             self._check_distilled(request)
             self.model.condition(request.prompt, 1)
             if request.negative_prompt:
-                self.model.condition(request.negative_prompt, 1)
+                self.model.condition(request.negative_prompt, 1, negative=True)
 
     def _check_distilled(self, request: "ImageRequest") -> None:
         """A distilled student (diffusion/distill.py) learned its teacher's guided images, so guidance is
@@ -172,7 +172,7 @@ class ImageGenerator:
         m, n, sampler = self.model, request.n, request.sampler
         self._check_distilled(request)
         cond = m.condition(request.prompt, n)
-        uncond = m.condition(request.negative_prompt, n) if request.negative_prompt else m.null_condition(n)
+        uncond = m.condition(request.negative_prompt, n, negative=True) if request.negative_prompt else m.null_condition(n)
         denoise = guided(m, cond, uncond, self.guidance(request), self.dtype)
         plan = make_plan(sampler, self.schedule, request.steps, self.config.prediction)
         # all randomness comes from one CPU generator: the same seed starts from the same noise on any device
