@@ -1,6 +1,7 @@
 """The sampling filters on hand-worked distributions."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -82,3 +83,46 @@ def test_bad_parameters_say_what_is_accepted(kw, fragment):
     with pytest.raises(GenlabError) as e:
         SamplingParams(**kw)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_logit_bias_adds_to_the_logits_before_sampling():
+    logits = logits_of(0.5, 0.3, 0.2)
+    assert next_token(logits, torch.empty(0, dtype=torch.long), SamplingParams(temperature=0), torch.Generator()) == 0
+    banned = SamplingParams(temperature=0, logit_bias={0: -100})
+    assert next_token(logits, torch.empty(0, dtype=torch.long), banned, torch.Generator()) == 1
+    forced = SamplingParams(temperature=1.0, logit_bias={2: 100})
+    assert {next_token(logits, torch.empty(0, dtype=torch.long), forced, torch.Generator().manual_seed(s)) for s in range(20)} == {2}
+    nudged = filtered_logits(logits, torch.empty(0, dtype=torch.long), SamplingParams(temperature=1.0, logit_bias={1: math.log(2)}))
+    assert kept_probs(nudged) == kept_probs(logits_of(0.5, 0.6, 0.2))  # +log 2 doubles a token's odds
+    rows = filtered_logits(torch.stack([logits, logits]), torch.empty(0, dtype=torch.long), banned)  # (k, V): speculative's
+    assert torch.allclose(rows[:, 0], torch.tensor([math.log(0.5) - 100] * 2))
+    assert torch.equal(rows[:, 1:], torch.stack([logits, logits])[:, 1:])  # only the listed token moves
+
+
+@pytest.mark.parametrize("bias,message", [
+    ({5: 101}, "logit_bias values must be numbers between -100 and 100, got 101 for token 5"),
+    ({-1: 1}, "logit_bias keys must be token ids (integers of at least 0), got -1"),
+    ({"5": 1}, "logit_bias keys must be token ids (integers of at least 0), got '5'"),
+])
+def test_bad_logit_bias_is_one_line(bias, message):
+    with pytest.raises(GenlabError, match=re.escape(message)):
+        SamplingParams(logit_bias=bias)
+
+
+def test_cli_logit_bias_forces_bans_and_refuses(capsys):
+    from genlab.text.generator import TextGenerator
+    from test_cli import assert_one_line_error, run
+
+    [loop] = TextGenerator("pydoc-gpt").tokenizer.encode(" loop")
+    base = ["text", "The for statement", "--model", "pydoc-gpt", "--raw", "--temperature", "0", "-n", "4"]
+    code, out, err = run(base + ["--logit-bias", f"{loop}=100"], capsys)
+    assert code == 0 and out.strip() == "loop loop loop loop", err
+    code, plain, _ = run(base, capsys)
+    first = plain.split()[0]
+    code, out, _ = run(base + ["--logit-bias", f"{loop}=-100"], capsys)
+    assert code == 0 and "loop" not in out and out.split()[0] == first  # banning an unlikely token changes nothing here
+    for args, message in ((["--logit-bias", "99999=1"], "--logit-bias names token 99999, outside this model's vocabulary (token ids 0 to 4095)"),
+                          (["--logit-bias", "1=-150"], "--logit-bias values must be numbers between -100 and 100, got -150.0"),
+                          (["--logit-bias", "x=1"], "--logit-bias takes TOKEN_ID=BIAS, e.g. 1234=-100, got 'x=1'")):
+        code, _, err = run(base + args, capsys)
+        assert_one_line_error(code, err, message)

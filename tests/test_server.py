@@ -231,6 +231,11 @@ def test_image_stream_previews_then_the_same_picture(server, client):
      "must be of type 'text'; got [\"text\"]"),
     ("/v1/completions", {"prompt": ["hi"] * 20, "n": 16, "max_tokens": 1}, 400, None, "20 prompts times n 16 is 320"),
     ("/v1/completions", {"prompt": "x", "echo": True}, 422, "echo", "not supported"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"abc": 1}}, 400, "logit_bias", "logit_bias keys must be token ids (integers as strings), got 'abc'"),
+    ("/v1/chat/completions", {"messages": HI, "logit_bias": {"5": 500}}, 400, "logit_bias",
+     "logit_bias values must be numbers between -100 and 100, got 500.0 for token 5"),
+    ("/v1/chat/completions", {"messages": HI, "logit_bias": {"999999": 1}}, 400, "logit_bias",
+     "logit_bias names token 999999, outside this model's vocabulary (token ids 0 to 49151)"),
     ("/v1/completions", {"prompt": "x", "logprobs": 9}, 400, None, "between 0 and 5"),
     ("/v1/images/generations", {"prompt": "hello", "model": "digits"}, 400, None, "names none of them"),
     ("/v1/images/generations", {"prompt": "7", "size": "1024x1024"}, 400, None, "draws 16x16"),
@@ -433,3 +438,14 @@ def test_serve_command_runs_a_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_logit_bias_steers_the_reply_as_openai_defines_it(client):
+    from genlab.text.generator import TextGenerator
+
+    [blue] = TextGenerator(TEXT).tokenizer.encode(" blue")
+    r = client.chat.completions.create(model=TEXT, messages=HI, max_tokens=3, temperature=0, logit_bias={str(blue): 100})
+    assert r.choices[0].message.content.strip() == "blue blue blue"
+    both = {str(blue): 100, str(TextGenerator(TEXT).tokenizer.encode(" red")[0]): 100}  # a tie at +100: the model decides
+    r = client.chat.completions.create(model=TEXT, messages=HI, max_tokens=3, temperature=0, logit_bias=both)
+    assert set(r.choices[0].message.content.split()) <= {"blue", "red"}

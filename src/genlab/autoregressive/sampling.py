@@ -38,6 +38,7 @@ class SamplingParams:
     top_logprobs: int = 0  # how many top candidates to report at each step
     ignore_eos: bool = False  # keep going past the end-of-turn token (benchmarks want fixed lengths)
     speculative: str = "auto"  # off, lookup (guess from n-grams of the text so far), draft (a draft model) or auto
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI's field)
 
     def __post_init__(self):
         check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
@@ -52,6 +53,12 @@ class SamplingParams:
         check_number("top_logprobs", self.top_logprobs, 0, 20, integer=True)
         check(self.speculative in SPECULATIVE,
               f"speculative must be one of {', '.join(SPECULATIVE)}, got {self.speculative!r}", "speculative")
+        check(isinstance(self.logit_bias, dict), "logit_bias must map token ids to biases", "logit_bias")
+        for token, bias in self.logit_bias.items():
+            check(isinstance(token, int) and not isinstance(token, bool) and token >= 0,
+                  f"logit_bias keys must be token ids (integers of at least 0), got {token!r}", "logit_bias")
+            check(isinstance(bias, (int, float)) and not isinstance(bias, bool) and -100 <= bias <= 100,
+                  f"logit_bias values must be numbers between -100 and 100, got {bias!r} for token {token}", "logit_bias")
         check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
               f"seed must be an integer in [0, 2^63) (got {self.seed!r})")
 
@@ -68,6 +75,16 @@ def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float)
     old = logits.gather(-1, seen)
     new = torch.where(old < 0, old * penalty, old / penalty)
     return logits.scatter(-1, seen, new)
+
+
+def biased(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """OpenAI's logit_bias: add each listed token's bias to its logit before sampling. -100 all but
+    bans a token and +100 all but forces it; values between nudge it. logits: (..., V)."""
+    if not bias:
+        return logits
+    out = logits.clone()
+    out[..., list(bias)] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return out
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,7 +119,7 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 def filtered_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """All the filters, in order. Temperature divides before the truncations, as in transformers."""
-    logits = repetition_penalty(logits, seen, params.repetition_penalty)
+    logits = biased(repetition_penalty(logits, seen, params.repetition_penalty), params.logit_bias)
     if params.greedy:
         return logits
     logits = logits / params.temperature

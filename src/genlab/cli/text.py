@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from genlab.cli import app
-from genlab.errors import GenlabError, check_text
+from genlab.errors import GenlabError, check, check_text
 from genlab.progress import console
 
 # -- shared options --------------------------------------------------------------
@@ -26,6 +26,9 @@ MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens less likely th
 RepPenalty = Annotated[float, typer.Option("--repetition-penalty", help="> 1 discourages repeating tokens; 1 = off.")]
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before this text; repeat for several.")]
+LogitBias = Annotated[Optional[list[str]], typer.Option("--logit-bias", metavar="TOKEN_ID=BIAS",
+                                                        help="Add BIAS (-100 to 100) to that token's logit before sampling: "
+                                                             "-100 bans it, 100 forces it. Repeat for several.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text. Default: random, printed with --json.")]
 System = Annotated[Optional[str], typer.Option(help="System message for chat models.")]
 Speculative = Annotated[str, typer.Option(help="Speculative decoding: auto (on where the engine supports it), lookup "
@@ -45,11 +48,23 @@ def _generator(model: str, device: str, dtype: str, adapter: str | None = None, 
     return TextGenerator(model, device=device, dtype=dtype, adapter=adapter, engine=engine, draft=draft)
 
 
-def _sampling(**kw):
+def _sampling(logit_bias: list[str] | None = None, **kw):
     from genlab.autoregressive.sampling import SamplingParams
 
     kw["stop"] = list(kw.get("stop") or [])
-    return SamplingParams(**kw)
+    return SamplingParams(**kw, logit_bias=_bias(logit_bias or []))
+
+
+def _bias(items: list[str]) -> dict[int, float]:
+    """--logit-bias 1234=-100 --logit-bias 42=5 -> {1234: -100.0, 42: 5.0}."""
+    import re
+
+    bias = {}
+    for item in items:
+        m = re.fullmatch(r"\s*(\d+)\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*", item)
+        check(m is not None, f"--logit-bias takes TOKEN_ID=BIAS, e.g. 1234=-100, got {item!r}")
+        bias[int(m[1])] = float(m[2])
+    return bias
 
 
 @app.command()
@@ -61,6 +76,7 @@ def text(
     top_p: TopP = 1.0,
     min_p: MinP = 0.0,
     repetition_penalty: RepPenalty = 1.0,
+    logit_bias: LogitBias = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens. "
                                                           "[default: 256; a masked-diffusion LM fills a block of 64]")] = None,
     stop: Stop = None,
@@ -90,7 +106,7 @@ def text(
         check_text("--system", system)
     params = _sampling(max_new_tokens=256 if max_new_tokens is None else max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0,
-                       speculative=speculative)
+                       speculative=speculative, logit_bias=logit_bias)
     gen = _generator(model, device, dtype, adapter, engine, draft)
     if gen.unmasker:  # a masked-diffusion LM: a block of tokens, no per-token logprobs
         from genlab.diffusion.unmasking import DEFAULT_TOKENS
@@ -164,6 +180,7 @@ def chat(
     top_p: TopP = 1.0,
     min_p: MinP = 0.0,
     repetition_penalty: RepPenalty = 1.0,
+    logit_bias: LogitBias = None,
     max_new_tokens: MaxNew = 512,
     seed: Seed = None,
     system: System = None,
@@ -179,7 +196,7 @@ def chat(
     Type /reset to start over and /exit (or Ctrl-D) to quit.
     """
     params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       repetition_penalty=repetition_penalty, seed=seed, speculative=speculative)
+                       repetition_penalty=repetition_penalty, seed=seed, speculative=speculative, logit_bias=logit_bias)
     if system:
         check_text("--system", system)
     gen = _generator(model, device, dtype, adapter, engine, draft)

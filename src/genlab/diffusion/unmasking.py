@@ -48,6 +48,8 @@ class UnmaskingText:
         check(params.top_p == 1.0 and params.min_p == 0.0, "a masked-diffusion LM samples with temperature and top_k only; "
                                                            "leave top_p at 1 and min_p at 0")
         check(params.top_logprobs == 0, what + "per-token logprobs; leave them out")
+        check(not params.logit_bias, "logit_bias is for causal LMs; a masked-diffusion LM samples with temperature and "
+              "top_k only; leave it out", "logit_bias")
         check(steps is None or isinstance(steps, int) and 1 <= steps <= 1024,
               f"steps must be an integer between 1 and 1024 (unmasking steps), got {steps!r}")
 

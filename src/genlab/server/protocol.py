@@ -49,6 +49,7 @@ class TextParams(Strict):
     repetition_penalty: Optional[float] = None
     speculative: Optional[str] = None  # off, lookup or auto: genlab's speculative decoding (same text, faster)
     ignore_eos: Optional[bool] = None  # keep writing past the end-of-turn token: replies of a fixed length, for benchmarks
+    logit_bias: Optional[dict[str, float]] = None  # OpenAI's: token id (as a string) -> bias added to its logit, -100 to 100
     # accepted for compatibility; only their neutral values
     frequency_penalty: Optional[float] = 0.0
     presence_penalty: Optional[float] = 0.0
@@ -77,6 +78,10 @@ class TextParams(Strict):
                   "repetition_penalty": self.repetition_penalty, "speculative": self.speculative,
                   "ignore_eos": self.ignore_eos}
         kwargs = {k: v for k, v in fields.items() if v is not None}
+        if self.logit_bias:
+            bad = [k for k in self.logit_bias if not k.strip().isdigit()]
+            check(not bad, f"logit_bias keys must be token ids (integers as strings), got {bad[0] if bad else ''!r}", "logit_bias")
+            kwargs["logit_bias"] = {int(k): v for k, v in self.logit_bias.items()}
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         check(len(stop) <= 4, f"stop takes at most 4 strings, got {len(stop)}")
         return dict(kwargs, max_new_tokens=max_new_tokens, stop=stop, top_logprobs=top_logprobs,

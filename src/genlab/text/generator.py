@@ -104,6 +104,7 @@ class TextGenerator:
         else:
             check(steps is None, "steps (unmasking steps) are for masked-diffusion LMs; a causal LM takes one step per token")
         self.check_fits(ids, params.max_new_tokens)
+        self.check_bias(params)
         stats = stats if stats is not None else DecodeStats()
         stats.seed = params.seed if params.seed is not None else secrets.randbits(63)
         stats.prompt_tokens = len(ids)
@@ -121,6 +122,12 @@ class TextGenerator:
     def room(self, ids: list[int]) -> int:
         """How many new tokens fit in the context window after the prompt `ids`."""
         return max(self.lm.context_length - len(ids), 0)
+
+    def check_bias(self, params: SamplingParams) -> None:
+        vocab = self.tokenizer.vocab_size
+        outside = [t for t in params.logit_bias if t >= vocab]
+        check(not outside, f"logit_bias names token {outside[0] if outside else 0}, outside this model's vocabulary "
+              f"(token ids 0 to {vocab - 1})", "logit_bias")
 
     def check_fits(self, ids: list[int], max_new_tokens: int) -> None:
         check(max_new_tokens <= self.room(ids),
