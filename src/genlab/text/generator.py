@@ -124,6 +124,8 @@ class TextGenerator:
         return max(self.lm.context_length - len(ids), 0)
 
     def check_bias(self, params: SamplingParams) -> None:
+        if not params.logit_bias:  # (a masked-diffusion LM has refused one already: unmasking.py)
+            return
         vocab = self.tokenizer.vocab_size
         outside = [t for t in params.logit_bias if t >= vocab]
         check(not outside, f"logit_bias names token {outside[0] if outside else 0}, outside this model's vocabulary "
