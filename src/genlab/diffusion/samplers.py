@@ -84,7 +84,8 @@ def make_plan(sampler: str, schedule: NoiseSchedule | FlowSchedule, steps: int, 
         t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         return Plan((t[:-1] * T).float(), t, "flow")
     if isinstance(schedule, FlowSchedule):  # t from 1 down to 1/T evenly, then 0 (diffusers' FlowMatch schedulers)
-        check(sampler in ("euler", "heun"), f"a rectified-flow model samples with euler, heun or reflow, not {sampler!r}")
+        names = samplers_for(schedule)  # reflow has its own grid, above
+        check(sampler in names, f"a rectified-flow model samples with {', '.join(names[:-1])} or {names[-1]}, not {sampler!r}")
         t = torch.linspace(1.0, 1.0 / T, steps, dtype=torch.float64)
         return Plan((t * T).float(), torch.cat([t, t.new_zeros(1)]), "flow")
     all_sigmas = ((1 - schedule.alpha_bar.double()) / schedule.alpha_bar.double()).sqrt()  # (T,)
