@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -237,6 +238,21 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     ("/v1/chat/completions", {"messages": HI, "logit_bias": {"999999": 1}}, 400, "logit_bias",
      "logit_bias names token 999999, outside this model's vocabulary (token ids 0 to 49151)"),
     ("/v1/completions", {"prompt": "x", "logprobs": 9}, 400, None, "between 0 and 5"),
+    ("/v1/chat/completions", {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "array", "uniqueItems": True}}}}, 400, "response_format", "response_format is invalid or unsupported: keywords "
+     "genlab's grammar engine (llguidance) does not implement: [\"uniqueItems\"]"),
+    ("/v1/chat/completions", {"messages": HI, "response_format": {"type": "json_schema"}}, 400, "response_format",
+     "response_format of type json_schema needs a json_schema"),
+    ("/v1/chat/completions", {"messages": HI, "response_format": {"type": "yaml"}}, 422, "response_format.type", "json_schema"),
+    ("/v1/completions", {"prompt": "x", "regex": "[a-"}, 400, "regex", "regex is invalid or unsupported: invalid regex \"[a-\": unclosed character class"),
+    ("/v1/completions", {"prompt": "x", "regex": "a", "choice": ["a"]}, 400, "regex", "give one output format at a time, not regex and choice"),
+    ("/v1/completions", {"prompt": "x", "grammar": "start: nothing"}, 400, "grammar", "grammar is invalid or unsupported: unknown name: \"nothing\""),
+    ("/v1/completions", {"prompt": "x", "model": "pydoc-mdlm", "choice": ["a", "b"]}, 400, "choice",
+     "cannot honour choice (a grammar reads the text left to right)"),
+    ("/v1/chat/completions", {"messages": HI, "guidance_scale": -2}, 400, "guidance_scale",
+     "guidance_scale must be a finite number between 0 and 100, got -2"),
+    ("/v1/chat/completions", {"messages": HI, "negative_prompt": "x"}, 400, "negative_prompt",
+     "negative_prompt works through guidance: give a guidance_scale other than 1"),
     ("/v1/images/generations", {"prompt": "hello", "model": "digits"}, 400, None, "names none of them"),
     ("/v1/images/generations", {"prompt": "7", "size": "1024x1024"}, 400, None, "draws 16x16"),
     ("/v1/images/generations", {"prompt": "7", "response_format": "url"}, 422, "response_format", "b64_json"),
@@ -438,6 +454,40 @@ def test_serve_command_runs_a_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_structured_output_through_the_sdk(client, text_gen):
+    """OpenAI's response_format (json_schema and json_object) and the regex/choice extensions, streamed or not:
+    the reply is valid, and is the Python API's text for the same seed."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                               "population": {"type": "integer", "minimum": 0}},
+              "required": ["city", "population"]}
+    ask = [{"role": "user", "content": "Give a big city and its population as JSON."}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    r = client.chat.completions.create(model=TEXT, messages=ask, seed=4, response_format=fmt, logprobs=True, top_logprobs=2)
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    assert r.choices[0].finish_reason == "stop" and len(r.choices[0].logprobs.content) >= r.usage.completion_tokens - 1
+    assert r.choices[0].message.content == text_gen.chat(ask, seed=4, json_schema=schema)
+    stream = client.chat.completions.create(model=TEXT, messages=ask, seed=4, response_format=fmt, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == r.choices[0].message.content
+    r = client.chat.completions.create(model=TEXT, messages=ask, seed=2, response_format={"type": "json_object"}, max_tokens=200)
+    assert r.choices[0].finish_reason != "stop" or isinstance(json.loads(r.choices[0].message.content), dict)
+    r = client.completions.create(model=TEXT, prompt="The year the Berlin wall fell:", seed=1, max_tokens=8,
+                                  extra_body={"regex": r"19\d\d"})
+    assert re.fullmatch(r"19\d\d", r.choices[0].text)
+    r = client.chat.completions.create(model=TEXT, messages=[{"role": "user", "content": "Is ice cold?"}], seed=1,
+                                       extra_body={"choice": ["yes", "no"]})
+    assert r.choices[0].message.content in ("yes", "no")
+
+
+def test_text_guidance_through_the_sdk(client, text_gen):
+    ask = [{"role": "user", "content": "Name a colour and say why you like it."}]
+    kw = dict(temperature=0, max_tokens=16, seed=0)
+    r = client.chat.completions.create(model=TEXT, messages=ask, **kw,
+                                       extra_body={"guidance_scale": 3, "negative_prompt": "Name a colour: blue."})
+    want = text_gen.chat(ask, temperature=0, max_new_tokens=16, seed=0, guidance_scale=3, negative_prompt="Name a colour: blue.")
+    assert r.choices[0].message.content == want != text_gen.chat(ask, temperature=0, max_new_tokens=16, seed=0)
 
 
 def test_logit_bias_steers_the_reply_as_openai_defines_it(client):

@@ -21,6 +21,8 @@ import torch
 from genlab.autoregressive.sampling import SamplingParams, next_token
 
 if TYPE_CHECKING:
+    from genlab.autoregressive.guidance import Guidance
+    from genlab.autoregressive.structured import Constraint
     from genlab.text.tokenizer import Tokenizer
 
 
@@ -63,15 +65,23 @@ class TextPiece:
     finish_reason: str | None = None  # "stop" or "length" on the last piece
 
 
-def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, seed: int) -> Iterator[TokenStep]:
+def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, seed: int,
+           constraint: Constraint | None = None, guidance: Guidance | None = None) -> Iterator[TokenStep]:
     """Generate up to params.max_new_tokens tokens after prompt_ids, one TokenStep each.
+    `constraint`: a structured output's grammar state (structured.py), which masks each step's logits;
+    `guidance`: classifier-free guidance's unconditional branch (guidance.py).
     (speculative.py writes the same tokens with fewer passes of the model.)"""
     rng = torch.Generator().manual_seed(seed)
     cache = lm.new_cache(len(prompt_ids) + params.max_new_tokens)
     seen = torch.tensor(prompt_ids, dtype=torch.long)  # for the repetition penalty
     logits = lm.forward(prompt_ids, cache)  # prefill: (V,)
+    uncond = guidance.prefill() if guidance else None
     for i in range(params.max_new_tokens):
-        token = next_token(logits, seen, params, rng)
+        allowed = constraint.allowed(logits.shape[-1]) if constraint else None
+        scores = guidance(logits, uncond) if guidance else logits
+        token = next_token(scores, seen, params, rng, allowed)
+        if constraint:
+            constraint.consume(token)
         step = token_step(lm, logits, token, params, i)
         yield step
         if step.finish_reason:
@@ -79,6 +89,8 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
         if params.repetition_penalty != 1.0:
             seen = torch.cat([seen, torch.tensor([token])])
         logits = lm.forward([token], cache)
+        if guidance:
+            uncond = guidance.feed([token])[-1]
 
 
 def token_step(lm: LanguageModel, logits: torch.Tensor, token: int, params: SamplingParams, i: int) -> TokenStep:

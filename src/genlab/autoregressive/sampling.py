@@ -4,7 +4,9 @@ An LLM's output at each step is a vector of logits, one per vocabulary entry. Th
 filters below reshape that distribution before one token is drawn from it, in the
 order transformers applies them (so the same seed draws the same token):
 
-    repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw
+    [grammar mask] -> repetition penalty -> [logit bias] -> temperature -> top-k -> top-p -> min-p -> draw
+
+(the grammar mask is structured output's, structured.py; logit bias is OpenAI's logit_bias).
 
 Each filter takes logits (..., V) and returns logits with the removed tokens set to -inf.
 """
@@ -39,6 +41,14 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past the end-of-turn token (benchmarks want fixed lengths)
     speculative: str = "auto"  # off, lookup (guess from n-grams of the text so far), draft (a draft model) or auto
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI's field)
+    guidance_scale: float = 1.0  # classifier-free guidance (guidance.py): 1 = off, > 1 follows the prompt more closely
+    negative_prompt: str | None = None  # guidance's unconditional text (default: the prompt's last token)
+    # structured output (structured.py), at most one: the text must match it
+    json_schema: dict | bool | None = None  # a JSON Schema; True = any JSON object (OpenAI's json_object)
+    regex: str | None = None
+    choice: list[str] | None = None  # exactly one of these strings
+    grammar: str | None = None  # a Lark or GBNF grammar
+    grammar_text: str | None = field(default=None, init=False, repr=False, compare=False)  # compiled from the above
 
     def __post_init__(self):
         check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
@@ -59,12 +69,32 @@ class SamplingParams:
                   f"logit_bias keys must be token ids (integers of at least 0), got {token!r}", "logit_bias")
             check(isinstance(bias, (int, float)) and not isinstance(bias, bool) and -100 <= bias <= 100,
                   f"logit_bias values must be numbers between -100 and 100, got {bias!r} for token {token}", "logit_bias")
+        check_number("guidance_scale", self.guidance_scale, 0, 100)  # 1 = off; infinity would be all argmax of a difference
+        if self.negative_prompt is not None:
+            check(isinstance(self.negative_prompt, str) and self.negative_prompt.strip() != "",
+                  "negative_prompt must be non-empty text", "negative_prompt")
+            check_text("negative_prompt", self.negative_prompt)
+            check(self.guidance_scale != 1, "negative_prompt works through guidance: give a guidance_scale other than 1 "
+                  "(e.g. 1.5)", "negative_prompt", "guidance_scale")
+        given = [f for f in ("json_schema", "regex", "choice", "grammar") if getattr(self, f) not in (None, False)]
+        check(len(given) <= 1, f"give one output format at a time, not {' and '.join(given)}", *given)
+        if given:
+            from genlab.autoregressive.structured import grammar_of
+
+            check(not self.ignore_eos, f"ignore_eos cannot be combined with {given[0]}: a structured output ends "
+                  "when it is complete", "ignore_eos")
+            self.grammar_text = grammar_of(given[0], getattr(self, given[0]))
         check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
               f"seed must be an integer in [0, 2^63) (got {self.seed!r})")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def structure(self) -> str | None:
+        """The structured-output field in use (json_schema, regex, choice or grammar), or None."""
+        return next((f for f in ("json_schema", "regex", "choice", "grammar") if getattr(self, f) not in (None, False)), None)
 
 
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -117,8 +147,13 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
-def filtered_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """All the filters, in order. Temperature divides before the truncations, as in transformers."""
+def filtered_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams,
+                    allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """All the filters, in order. Temperature divides before the truncations, as in transformers.
+    allowed (V,) bool: a structured output's grammar mask (structured.py), applied first, so the
+    truncations share out the probability among valid tokens only."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     logits = biased(repetition_penalty(logits, seen, params.repetition_penalty), params.logit_bias)
     if params.greedy:
         return logits
@@ -128,9 +163,10 @@ def filtered_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingPa
     return min_p_filter(logits, params.min_p)
 
 
-def next_token(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams, rng: torch.Generator) -> int:
-    """Pick the next token id from one step's logits (V,)."""
-    logits = filtered_logits(logits, seen, params)
+def next_token(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams, rng: torch.Generator,
+               allowed: torch.Tensor | None = None) -> int:
+    """Pick the next token id from one step's logits (V,); `allowed`: a grammar mask (structured.py)."""
+    logits = filtered_logits(logits, seen, params, allowed)
     if params.greedy:
         return int(logits.argmax())
     probs = logits.softmax(dim=-1)

@@ -57,10 +57,10 @@ def accept(p: torch.Tensor, q: torch.Tensor | None, guess: int, rng: torch.Gener
     return int(torch.multinomial(residual / residual.sum(), 1, generator=rng))
 
 
-def target(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution the plain loop would sample from (V,): the filters, then softmax.
+def target(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The distribution the plain loop would sample from (V,): the grammar mask and filters, then softmax.
     Greedy keeps raw probabilities: only their argmax matters."""
-    return filtered_logits(logits, seen, params).softmax(dim=-1)
+    return filtered_logits(logits, seen, params, allowed).softmax(dim=-1)
 
 
 class PromptLookup:
@@ -189,19 +189,31 @@ def drafter_for(lm: LanguageModel, params: SamplingParams, draft=None) -> Adapti
 
 
 def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, seed: int, drafter: Adaptive,
-           stats: DecodeStats | None = None) -> Iterator[TokenStep]:
-    """decode.decode's contract (one TokenStep per new token), with a pass of the model per run of kept guesses."""
+           stats: DecodeStats | None = None, constraint=None, guidance=None) -> Iterator[TokenStep]:
+    """decode.decode's contract (one TokenStep per new token), with a pass of the model per run of kept guesses.
+    `constraint` (structured.py) masks every distribution, and cuts the guesses at the first one it refuses;
+    `guidance` (guidance.py) scores the same guesses without the prompt, in a pass of its own."""
     rng = torch.Generator().manual_seed(seed)
     limit = params.max_new_tokens
     cache = lm.new_cache(len(prompt_ids) + limit)
     history = list(prompt_ids)
     seen = torch.tensor(prompt_ids, dtype=torch.long)  # for the repetition penalty
     logits = lm.forward(prompt_ids, cache)  # prefill
-    token = next_token(logits, seen, params, rng)  # the first token, as the plain loop draws it
+
+    def allowed() -> torch.Tensor | None:
+        return constraint.allowed(logits.shape[-1]) if constraint else None
+
+    def guide(row: torch.Tensor, uncond_row: torch.Tensor | None) -> torch.Tensor:
+        return guidance(row, uncond_row) if guidance else row
+
+    uncond = guidance.prefill() if guidance else None
+    token = next_token(guide(logits, uncond), seen, params, rng, allowed())  # the first token, as the plain loop draws it
     emitted = 0
 
     def emit(row: torch.Tensor, tok: int) -> TokenStep:
         nonlocal emitted, seen
+        if constraint:
+            constraint.consume(tok)
         step = token_step(lm, row, tok, params, emitted)
         emitted += 1
         history.append(tok)
@@ -215,17 +227,22 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
         # `token` is written but not yet in the cache: one pass feeds it and the guesses after it
         start = len(history) - 1
         guesses = drafter.propose(history, limit - emitted - 1)
+        if constraint:  # a guess the grammar refuses would be rejected anyway: do not pay to score it
+            guesses = guesses[:constraint.valid_prefix(guesses)]
         rows = lm.forward_all([token] + guesses, cache, len(guesses) + 1)  # (k+1, V)
+        urows = guidance.feed([token] + guesses) if guidance else [None] * len(rows)  # (k+1, V)
         kept = 0
         if stats is not None:
             stats.draft_tokens += len(guesses)
         for j, guess in enumerate(guesses):
-            other = accept(target(rows[j], seen, params), None, guess, rng, params.greedy)
+            other = accept(target(guide(rows[j], urows[j]), seen, params, allowed()), None, guess, rng, params.greedy)
             token = guess if other is None else other
             step = emit(rows[j], token)
             yield step
             if other is not None:
                 lm.rewind(cache, start + 1 + j)  # forget the rejected guesses' keys and values
+                if guidance:
+                    guidance.keep(1 + j)
                 break
             kept += 1
             if stats is not None:
@@ -233,7 +250,7 @@ def decode(lm: LanguageModel, prompt_ids: list[int], params: SamplingParams, see
             if step.finish_reason:
                 break
         else:  # every guess kept: the pass also gave the next distribution
-            token = next_token(rows[-1], seen, params, rng)
+            token = next_token(guide(rows[-1], urows[-1]), seen, params, rng, allowed())
             step = emit(rows[-1], token)
             yield step
         drafter.update(len(guesses), kept)

@@ -29,6 +29,18 @@ Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop before t
 LogitBias = Annotated[Optional[list[str]], typer.Option("--logit-bias", metavar="TOKEN_ID=BIAS",
                                                         help="Add BIAS (-100 to 100) to that token's logit before sampling: "
                                                              "-100 bans it, 100 forces it. Repeat for several.")]
+GuidanceScale = Annotated[float, typer.Option("--guidance-scale", help="Classifier-free guidance, as for images: 1 = off, "
+                                              "> 1 follows the prompt more closely (1.5-3 is typical; costs a second "
+                                              "pass per token).")]
+NegativePrompt = Annotated[Optional[str], typer.Option("--negative-prompt", help="With --guidance-scale: steer away from "
+                                                       "this text. [default: the prompt's last token]")]
+JsonSchema = Annotated[Optional[str], typer.Option("--json-schema", metavar="FILE|JSON",
+                                                    help="Answer with JSON valid under this JSON Schema (a file, or the "
+                                                         "schema itself); '{}' or 'object' = any JSON object.")]
+Regex = Annotated[Optional[str], typer.Option(help="Answer with text matching this regular expression (whole answer).")]
+Choice = Annotated[Optional[str], typer.Option(metavar="A,B,C", help="Answer with exactly one of these comma-separated strings.")]
+Grammar = Annotated[Optional[str], typer.Option(metavar="FILE", help="Answer with text in this grammar (a file in Lark or "
+                                                                     "llama.cpp's GBNF syntax).")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text. Default: random, printed with --json.")]
 System = Annotated[Optional[str], typer.Option(help="System message for chat models.")]
 Speculative = Annotated[str, typer.Option(help="Speculative decoding: auto (on where the engine supports it), lookup "
@@ -53,6 +65,41 @@ def _sampling(logit_bias: list[str] | None = None, **kw):
 
     kw["stop"] = list(kw.get("stop") or [])
     return SamplingParams(**kw, logit_bias=_bias(logit_bias or []))
+
+
+def _structure(json_schema: str | None, regex: str | None, choice: str | None, grammar: str | None) -> dict:
+    """The structured-output flags as SamplingParams fields (structured.py checks what they hold)."""
+    out: dict = {}
+    if json_schema is not None:
+        text = json_schema.strip()
+        if text in ("{}", "object"):
+            out["json_schema"] = True
+        else:
+            if not text.startswith("{"):
+                text = _read("--json-schema", json_schema)
+            try:
+                out["json_schema"] = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise GenlabError(f"--json-schema is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); give "
+                                  "a JSON Schema file or the schema itself") from None
+    if regex is not None:
+        out["regex"] = regex
+    if choice is not None:
+        out["choice"] = [c.strip() for c in choice.split(",") if c.strip()]
+    if grammar is not None:
+        out["grammar"] = _read("--grammar", grammar)
+    return out
+
+
+def _read(flag: str, path: str) -> str:
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    check(file.is_file(), f"{flag} {path}: no such file")
+    try:
+        return file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenlabError(f"{flag} {path} cannot be read as UTF-8 text ({type(e).__name__})") from None
 
 
 def _bias(items: list[str]) -> dict[int, float]:
@@ -80,6 +127,12 @@ def text(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Stop after this many new tokens. "
                                                           "[default: 256; a masked-diffusion LM fills a block of 64]")] = None,
     stop: Stop = None,
+    guidance_scale: GuidanceScale = 1.0,
+    negative_prompt: NegativePrompt = None,
+    json_schema: JsonSchema = None,
+    regex: Regex = None,
+    choice: Choice = None,
+    grammar: Grammar = None,
     seed: Seed = None,
     system: System = None,
     adapter: AdapterOpt = None,
@@ -98,6 +151,7 @@ def text(
 
     Example: genlab text "Explain attention" --temperature 0 --max-new-tokens 80
     Any text model of `genlab models` works: genlab text "The for statement" --model pydoc-mdlm --steps 16
+    Structured: genlab text "A person as JSON" --json-schema person.json   (or --regex, --choice yes,no, --grammar FILE)
     """
     import dataclasses
 
@@ -106,7 +160,8 @@ def text(
         check_text("--system", system)
     params = _sampling(max_new_tokens=256 if max_new_tokens is None else max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                        repetition_penalty=repetition_penalty, stop=stop, seed=seed, top_logprobs=top_logprobs if as_json else 0,
-                       speculative=speculative, logit_bias=logit_bias)
+                       speculative=speculative, logit_bias=logit_bias, guidance_scale=guidance_scale,
+                       negative_prompt=negative_prompt, **_structure(json_schema, regex, choice, grammar))
     gen = _generator(model, device, dtype, adapter, engine, draft)
     if gen.unmasker:  # a masked-diffusion LM: a block of tokens, no per-token logprobs
         from genlab.diffusion.unmasking import DEFAULT_TOKENS
@@ -124,6 +179,7 @@ def text(
             sys.stdout.write(piece.text)
             sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()  # before the stats line on stderr
     _print_stats(gen, stats)
 
 
@@ -181,6 +237,8 @@ def chat(
     min_p: MinP = 0.0,
     repetition_penalty: RepPenalty = 1.0,
     logit_bias: LogitBias = None,
+    guidance_scale: GuidanceScale = 1.0,
+    negative_prompt: NegativePrompt = None,
     max_new_tokens: MaxNew = 512,
     seed: Seed = None,
     system: System = None,
@@ -196,7 +254,8 @@ def chat(
     Type /reset to start over and /exit (or Ctrl-D) to quit.
     """
     params = _sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       repetition_penalty=repetition_penalty, seed=seed, speculative=speculative, logit_bias=logit_bias)
+                       repetition_penalty=repetition_penalty, seed=seed, speculative=speculative, logit_bias=logit_bias,
+                       guidance_scale=guidance_scale, negative_prompt=negative_prompt)
     if system:
         check_text("--system", system)
     gen = _generator(model, device, dtype, adapter, engine, draft)

@@ -50,6 +50,10 @@ class UnmaskingText:
         check(params.top_logprobs == 0, what + "per-token logprobs; leave them out")
         check(not params.logit_bias, "logit_bias is for causal LMs; a masked-diffusion LM samples with temperature and "
               "top_k only; leave it out", "logit_bias")
+        check(params.guidance_scale == 1, "guidance_scale is for causal LMs here (each step of classifier-free guidance "
+              "scores one next token); leave it at 1 for a masked-diffusion LM", "guidance_scale")
+        check(params.structure is None, what + f"{params.structure} (a grammar reads the text left to right); use a causal "
+              "LM such as the bundled smollm2 for structured output", params.structure or "")
         check(steps is None or isinstance(steps, int) and 1 <= steps <= 1024,
               f"steps must be an integer between 1 and 1024 (unmasking steps), got {steps!r}")
 

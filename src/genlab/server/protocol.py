@@ -30,6 +30,31 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = "response"
+    description: Optional[str] = None
+    json_schema: dict = Field(default_factory=dict, alias="schema")  # `schema` would shadow pydantic's method
+    strict: Optional[bool] = None  # genlab's output always follows the schema (structured.py)
+
+
+class ResponseFormat(Strict):
+    """OpenAI's response_format: free text, any JSON object, or JSON valid under a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    def fields(self) -> dict:
+        """As SamplingParams fields."""
+        if self.type == "json_object":
+            return {"json_schema": True}
+        if self.type == "json_schema":
+            check(self.json_schema is not None, "response_format of type json_schema needs a json_schema: "
+                  "{\"name\": ..., \"schema\": {...}}", "response_format")
+            return {"json_schema": self.json_schema.json_schema or True}
+        return {}
+
+
 class TextParams(Strict):
     """What /v1/completions and /v1/chat/completions share. Omitted sampling fields take
     genlab's defaults (SamplingParams), so a request and `genlab text` with the same seed agree."""
@@ -50,6 +75,12 @@ class TextParams(Strict):
     speculative: Optional[str] = None  # off, lookup or auto: genlab's speculative decoding (same text, faster)
     ignore_eos: Optional[bool] = None  # keep writing past the end-of-turn token: replies of a fixed length, for benchmarks
     logit_bias: Optional[dict[str, float]] = None  # OpenAI's: token id (as a string) -> bias added to its logit, -100 to 100
+    guidance_scale: Optional[float] = None  # extensions: classifier-free guidance for text (1 = off) ...
+    negative_prompt: Optional[str] = None  # ... and the text it steers away from
+    response_format: Optional[ResponseFormat] = None  # OpenAI's: json_object or json_schema (structured.py)
+    regex: Optional[str] = None  # extensions: the answer matches this regex, ...
+    choice: Optional[list[str]] = None  # ... is one of these strings, ...
+    grammar: Optional[str] = None  # ... or follows this Lark or GBNF grammar (llama.cpp's server has `grammar` too)
     # accepted for compatibility; only their neutral values
     frequency_penalty: Optional[float] = 0.0
     presence_penalty: Optional[float] = 0.0
@@ -76,8 +107,11 @@ class TextParams(Strict):
         """SamplingParams keyword arguments; choice i of n uses seed + i, so n=1 matches the CLI."""
         fields = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
                   "repetition_penalty": self.repetition_penalty, "speculative": self.speculative,
-                  "ignore_eos": self.ignore_eos}
+                  "ignore_eos": self.ignore_eos, "guidance_scale": self.guidance_scale,
+                  "negative_prompt": self.negative_prompt, "regex": self.regex, "choice": self.choice, "grammar": self.grammar}
         kwargs = {k: v for k, v in fields.items() if v is not None}
+        if self.response_format is not None:
+            kwargs.update(self.response_format.fields())
         if self.logit_bias:
             bad = [k for k in self.logit_bias if not k.strip().isdigit()]
             check(not bad, f"logit_bias keys must be token ids (integers as strings), got {bad[0] if bad else ''!r}", "logit_bias")
@@ -254,7 +288,7 @@ class APIError(Exception):
         return cls(400, e.renamed(request_field), param=request_field(e.fields[0].split()[0]) if e.fields else None)
 
 
-REQUEST_FIELDS = {"guidance": "guidance_scale", "max_new_tokens": "max_tokens"}  # library field -> request field
+REQUEST_FIELDS = {"guidance": "guidance_scale", "max_new_tokens": "max_tokens", "json_schema": "response_format"}  # library field -> request field
 
 
 def request_field(name: str) -> str:

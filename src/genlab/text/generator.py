@@ -20,6 +20,7 @@ from genlab.errors import GenlabError, check
 from genlab.autoregressive import speculative
 from genlab.autoregressive.decode import TextPiece, DecodeStats, TokenStep, decode, detokenize, timed
 from genlab.autoregressive.sampling import SamplingParams
+from genlab.autoregressive.structured import constraint_for
 from genlab.text.sources import DEFAULT_TEXT_MODEL, resolve
 from genlab.text.tokenizer import check_messages
 
@@ -111,13 +112,28 @@ class TextGenerator:
         if self.unmasker:
             yield from self.unmasker.stream(ids, params, stats.seed, steps, stats, on_frame)
             return
+        constraint = constraint_for(params, self.tokenizer, self.lm.stop_token_ids)  # structured output, or None
+        guidance = self.guidance(params, ids, system, raw)  # classifier-free guidance, or None
         drafter = speculative.drafter_for(self.lm, params, self.draft)  # guess ahead, check in one pass: the same tokens
         if drafter is None:
-            tokens = decode(self.lm, ids, params, stats.seed)
+            tokens = decode(self.lm, ids, params, stats.seed, constraint, guidance)
         else:
-            tokens = speculative.decode(self.lm, ids, params, stats.seed, drafter, stats)
+            tokens = speculative.decode(self.lm, ids, params, stats.seed, drafter, stats, constraint, guidance)
         tokens = timed(tokens, stats)
         yield from detokenize(self.tokenizer, tokens, params.stop)
+
+    def guidance(self, params: SamplingParams, ids: list[int], system: str | None, raw: bool):
+        """The unconditional branch for params.guidance_scale (guidance.py): the negative prompt, written as
+        the prompt is (chat template, system message), or else the prompt's last token."""
+        if params.guidance_scale == 1:
+            return None
+        from genlab.autoregressive.guidance import Guidance
+
+        uncond = ids[-1:] if params.negative_prompt is None else self.prompt_ids(params.negative_prompt, system=system, raw=raw)
+        check(len(uncond) + params.max_new_tokens <= self.lm.context_length,
+              f"the negative prompt has {len(uncond)} tokens: with max_new_tokens={params.max_new_tokens} it does not fit "
+              f"the context window of {self.lm.context_length}", "negative_prompt")
+        return Guidance(self.lm, uncond, params.guidance_scale, params.max_new_tokens)
 
     def room(self, ids: list[int]) -> int:
         """How many new tokens fit in the context window after the prompt `ids`."""

@@ -53,6 +53,10 @@ class Tokenizer:
         """Every token's text and id."""
         return self._tok.get_vocab()
 
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what grammar engines index: structured.py)."""
+        return self._tok.to_str()
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
