@@ -1,6 +1,7 @@
 """Prompt adherence of the text-to-image model, scored by genlab's pixel checker (eval/shapes.py).
 
     python benchmarks/prompt_adherence.py [--model shapes] [--prompts 300] [--sweep-prompts 120]
+    python benchmarks/prompt_adherence.py --plan [--prompts 300]     # with and without the LLM's plan
 
 For each prompt set it generates one picture per prompt at the default settings and asks
 the checker whether the picture holds exactly what the prompt says (count, colours,
@@ -40,15 +41,26 @@ def prompt_set(split: str, n: int, seed: int = 1):
 
 
 @torch.inference_mode()
-def draw(gen: ImageGenerator, prompts: list[str], steps: int, guidance: float, sampler: str, seed: int = 0, batch: int = 50):
-    """The loop of ImageGenerator.stream, batched over many prompts: one picture per prompt."""
+def draw(gen: ImageGenerator, prompts: list[str], steps: int, guidance: float, sampler: str, seed: int = 0, batch: int = 50,
+         layouts: list | None = None):
+    """The loop of ImageGenerator.stream, batched over many prompts: one picture per prompt.
+    `layouts`: one per prompt, drawn through the control branch (genlab image --layout)."""
+    from genlab.data.layouts import control_maps
+
     m, out = gen.model, []
     g = torch.Generator().manual_seed(seed)
     plan = make_plan(sampler, gen.schedule, steps, gen.config.prediction)
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         cond = {"states": torch.cat([m.condition(p, 1)["states"] for p in chunk])}
-        denoise = guided(m, cond, m.null_condition(len(chunk)), guidance, gen.dtype)
+        uncond = m.null_condition(len(chunk))
+        if layouts is not None:  # as ImageGenerator.stream does for a layout request
+            chunk_layouts = layouts[start:start + batch]
+            maps = torch.stack([control_maps(lay) for lay in chunk_layouts])
+            cond, uncond = (dict(c, control=maps) for c in (cond, uncond))
+            cond["classes"] = torch.cat([m.layout_classes(lay, 1) for lay in chunk_layouts])
+            uncond["classes"] = m.guessed_classes(uncond["states"])
+        denoise = guided(m, cond, uncond, guidance, gen.dtype)
         x = torch.randn((len(chunk), *m.sample_shape), generator=g)
         for step in SAMPLERS[sampler](denoise, x, plan, generator=g):
             x = step.xt
@@ -63,13 +75,19 @@ def main():
     p.add_argument("--sweep-prompts", type=int, default=120, help="held-out prompts per point of each sweep")
     p.add_argument("--guidance-sweep", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.5])
     p.add_argument("--steps-sweep", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    p.add_argument("--json", type=Path, default=Path("docs/prompt_adherence.json"))
+    p.add_argument("--json", type=Path, default=None, help="default: docs/prompt_adherence.json (--plan: "
+                                                          "docs/prompt_adherence_plan.json)")
+    p.add_argument("--plan", action="store_true", help="held-out phrasings with and without the LLM's plan "
+                                                       "(genlab image --plan), per category; no sweeps")
     p.add_argument("--plot", type=Path, default=Path("docs/prompt_adherence.png"))
     args = p.parse_args()
+    args.json = args.json or Path("docs/prompt_adherence_plan.json" if args.plan else "docs/prompt_adherence.json")
 
     gen = ImageGenerator(args.model)
     steps, guidance, sampler = gen.default_steps, gen.config.guidance, gen.default_sampler
     print(f"model {args.model}: defaults {sampler}, {steps} steps, guidance {guidance}", flush=True)
+    if args.plan:
+        return with_and_without_plan(gen, args, steps, guidance, sampler)
     rows = {}
     for split in ("heldout-phrasing", "heldout-combo", "train"):
         prompts, specs = prompt_set(split, args.prompts)
@@ -90,6 +108,40 @@ def main():
     bar = rows["heldout-phrasing"]["overall"]
     print(f"held-out phrasings, overall adherence {bar:.1%} (bar: 80%)")
     plot(by_guidance, by_steps, args.plot)
+
+
+def with_and_without_plan(gen, args, steps: int, guidance: float, sampler: str) -> None:
+    """Held-out phrasings drawn from the caption (the plain model) and from the LLM's plan (genlab image --plan):
+    adherence per category, the same prompts, seeds and defaults."""
+    from genlab.errors import GenlabError
+    from genlab.llm_to_image import planner, write_plan
+
+    prompts, specs = prompt_set("heldout-phrasing", args.prompts)
+    start = time.perf_counter()
+    plain = adherence(draw(gen, prompts, steps, guidance, sampler), specs)
+    plain_s = time.perf_counter() - start
+    writer, start, layouts, failed = planner(), time.perf_counter(), [], 0
+    for i, p in enumerate(prompts):
+        try:
+            layouts.append(write_plan(p, writer, seed=i)[1])
+        except GenlabError:  # no drawable plan: counted as a miss (an empty picture fails every check)
+            from genlab.data.layouts import Layout
+
+            failed += 1
+            layouts.append(Layout.parse({"objects": [{"color": "red", "shape": "circle", "box": [0, 0, 8, 8]}]}))
+    plan_s = time.perf_counter() - start
+    start = time.perf_counter()
+    planned = adherence(draw(gen, [lay.prompt() for lay in layouts], steps, guidance, sampler, layouts=layouts), specs)
+    draw_s = time.perf_counter() - start
+    for name, scores in (("without plan", plain), ("with plan", planned)):
+        print(f"{name:13} " + " ".join(f"{k} {scores.get(k, float('nan')):.2f}" for k in (*KINDS, "overall")), flush=True)
+    print(f"planning {plan_s / len(prompts):.2f} s/prompt ({failed} prompts without a drawable plan); drawing {draw_s:.0f} s, "
+          f"plain {plain_s:.0f} s")
+    summary = {"command": " ".join(["python"] + sys.argv), "model": args.model, "sampler": sampler, "steps": steps,
+               "guidance": guidance, "prompts": args.prompts, "without_plan": plain, "with_plan": planned,
+               "plan_failures": failed, "plan_s_per_prompt": plan_s / len(prompts)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1))
 
 
 def plot(by_guidance: dict, by_steps: dict, path: Path):

@@ -118,3 +118,42 @@ def test_image_previews_and_trajectory(page, server, shots):
     assert first_x0 != first_xt != final and len(base64.b64decode(first_xt.split(",")[1])) > 100
     page.screenshot(path=str(shots / "4-trajectory-step-1-xt.png"))
     assert page.errors == []
+
+
+def test_boxes_drawn_on_the_page_steer_the_picture(page, server, shots):
+    """Drag a box on the control pad: the page sends it as `layout`, and shows the API's PNG for that layout."""
+    from PIL import Image
+    import io
+
+    from genlab.data.layouts import Layout, placed
+    from genlab.eval.shapes import detect
+
+    page.click("#control-pad summary")
+    page.select_option("#control-mode", "boxes")
+    page.select_option("#box-color", "green")
+    page.select_option("#box-shape", "triangle")
+    pad = page.locator("#control-canvas").bounding_box()
+    at = lambda x, y: (pad["x"] + x * pad["width"] / 32, pad["y"] + y * pad["height"] / 32)  # noqa: E731  picture pixels
+    page.mouse.move(*at(3.5, 4.5))
+    page.mouse.down()
+    page.mouse.move(*at(10, 10))
+    page.mouse.move(*at(16.5, 17.5))
+    page.mouse.up()
+    assert page.inner_text("#control-list") == "green triangle [3, 4, 17, 18]"
+    page.select_option("#image-model", "shapes")
+    page.fill("#steps", "30")
+    page.fill("#image-seed", "1")
+    page.evaluate("document.getElementById('image-preview').removeAttribute('data-done')")
+    page.click("#image-go")
+    page.wait_for_selector("#image-preview[data-done='1']", timeout=120_000)
+    final = page.get_attribute("#image-preview", "src")
+    layout = {"objects": [{"color": "green", "shape": "triangle", "box": [3, 4, 17, 18]}]}
+    api = httpx.post(server.url + "/v1/images/generations",
+                     json={"prompt": "", "layout": layout, "model": "shapes", "steps": 30, "seed": 1}, timeout=120).json()
+    assert final == "data:image/png;base64," + api["data"][0]["b64_json"]
+    picture = Image.open(io.BytesIO(base64.b64decode(api["data"][0]["b64_json"])))
+    assert placed(detect(picture), Layout.parse(layout)) == [True]  # a green triangle, in the box
+    page.screenshot(path=str(shots / "5-layout.png"))
+    page.click("#control-clear")
+    assert "drag on the square" in page.inner_text("#control-list")
+    assert page.errors == []

@@ -3,6 +3,13 @@
     from genlab import imagine
     result = imagine("something that looks like a traffic light", seed=0)
     result.prompt, result.image          # "a red circle above a green circle", a PIL image
+    result = imagine("below a red triangle there is a blue circle", plan=True)
+    result.plan                          # Layout: each object's colour, shape and box, written by the LLM
+
+With plan=True (LLM-grounded diffusion, Lian et al. 2023) the LLM does not write a caption but
+the picture's layout, as JSON constrained by the layout's schema (structured output), and the
+control branch (diffusion/control.py) draws each object in its box: the LLM decides what goes
+where, diffusion only renders it. Without plan:
 
 1. The bundled LLM gets few-shot instructions (IDEAS below) and turns a free-form idea
    into a description in the shapes model's vocabulary (data/shapes.py).
@@ -19,7 +26,8 @@ import time
 from dataclasses import dataclass
 
 from .errors import GenlabError
-from .data.shapes import COLORS, SHAPES, Spec, describe, parse
+from .data.layouts import MAX_OBJECTS, Layout
+from .data.shapes import COLORS, SHAPES, SIZE, Spec, describe, parse
 
 INSTRUCTIONS = (
     "You turn an idea into a picture made of at most two simple shapes. Use only these words: "
@@ -40,10 +48,82 @@ class Imagined:
     idea: str
     llm_text: str  # what the LLM wrote
     prompt: str  # what the image model was given
-    spec: Spec
+    spec: Spec | None  # the caption's reading (None for a plan)
     image: object  # PIL image
     llm_seconds: float
     image_seconds: float
+    plan: Layout | None = None  # the LLM's layout, with plan=True
+
+
+# --- planning: the LLM writes the layout --------------------------------------------------------
+
+PLAN_SCHEMA = {"type": "object", "required": ["objects"], "properties": {"objects": {
+    "type": "array", "minItems": 1, "maxItems": MAX_OBJECTS, "items": {
+        "type": "object", "required": ["color", "shape", "box"], "properties": {
+            "color": {"enum": list(COLORS)}, "shape": {"enum": list(SHAPES)},
+            "box": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": SIZE}, "minItems": 4, "maxItems": 4}}}}}}
+# the planner adapter learned the rest (boxes [x0, y0, x1, y1] on the 32x32 picture, x to the right, y down)
+PLAN_INSTRUCTIONS = "Plan the picture as JSON: each object's color, shape and box."
+HALF = {"big": 7, "small": 5}  # half a box's side: big shapes are 13-14 pixels across, small ones 8-9
+SPOTS = {"left": (8, 16), "right": (24, 16), "top": (16, 8), "bottom": (16, 24), None: (16, 16)}
+PAIRS = {"left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom"), "below": ("bottom", "top")}
+
+
+def plan_of(spec: Spec) -> Layout:
+    """The layout a spec asks for, with its objects where a person would put them: the few-shot answers."""
+    spots = [spec.where] if spec.kind == "position" else list(PAIRS[spec.where or "left of"]) if len(spec.objects) == 2 else [None]
+    objects = []
+    for want, spot in zip(spec.objects, spots):
+        (x, y), h = SPOTS[spot], HALF[want.size or "big"]
+        objects.append({"color": want.color or "red", "shape": want.shape, "box": [x - h, y - h, x + h, y + h]})
+    return Layout.parse({"objects": objects})
+
+
+PLANNER = "shapes-planner"  # the bundled LoRA adapter that teaches SmolLM2 to plan (registry.py; docs/control.md)
+
+
+def plan_data(path: str, count: int = 1500, seed: int = 0) -> None:
+    """The planner's training data, JSONL chat: shapes-world training captions (their training phrasings
+    and colour-shape pairs only) and the layouts they mean (plan_of). Reproduces examples/planner/train.jsonl:
+        python -c "from genlab.llm_to_image import plan_data; plan_data('examples/planner/train.jsonl')"
+    """
+    import json
+
+    from .data.shapes import ShapesWorld
+
+    world, lines = ShapesWorld("train", seed=seed), []
+    for i in range(count):
+        scene, caption = world.example(i)
+        reply = json.dumps(plan_of(scene.spec).to_json())
+        lines.append(json.dumps({"messages": [{"role": "system", "content": PLAN_INSTRUCTIONS}, {"role": "user", "content": caption},
+                                              {"role": "assistant", "content": reply}]}))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def planner(model: str = "smollm2-135m-instruct"):
+    """The bundled SmolLM2 with the planner adapter merged in: a TextGenerator that writes layouts."""
+    from .store import bundled_weights
+    from .text.generator import TextGenerator
+
+    return TextGenerator(model, adapter=str(bundled_weights(PLANNER, "genlab finetune text --data examples/planner/train.jsonl")))
+
+
+def write_plan(idea: str, text_generator, seed: int = 0) -> tuple[str, Layout]:
+    """Ask the LLM (with the planner adapter: planner()) for the layout of `idea`, as JSON under PLAN_SCHEMA;
+    returns its text and the Layout."""
+    if not idea or not idea.strip():
+        raise GenlabError("the prompt is empty; describe what to draw, e.g. 'below a red triangle there is a blue circle'")
+    messages = [{"role": "system", "content": PLAN_INSTRUCTIONS}, {"role": "user", "content": idea.strip()}]
+    text = ""
+    for temperature in (0.0, 0.7):  # greedy first, then one sampled retry
+        text = text_generator.chat(messages, max_new_tokens=200, temperature=temperature, seed=seed, json_schema=PLAN_SCHEMA)
+        try:
+            return text, Layout.parse(text)
+        except GenlabError:  # valid JSON by construction, but a box may be too small or inside out
+            continue
+    raise GenlabError(f"the language model planned {idea!r} as {text!r}, which is not a layout the shapes model can draw; "
+                      "try rephrasing the prompt")
 
 
 def write_prompt(idea: str, text_generator, seed: int = 0) -> tuple[str, Spec]:
@@ -66,13 +146,19 @@ def write_prompt(idea: str, text_generator, seed: int = 0) -> tuple[str, Spec]:
 
 
 def imagine(idea: str, seed: int = 0, steps: int | None = None, guidance: float | None = None, text_generator=None,
-            image_generator=None) -> Imagined:
-    """Idea -> the LLM's prompt -> a picture. Generators may be passed in to reuse loaded models.
-    `steps` and `guidance` default to the image model's own."""
+            image_generator=None, plan: bool = False) -> Imagined:
+    """Idea -> the LLM's prompt (or, with `plan`, its layout) -> a picture. Generators may be passed in to
+    reuse loaded models. `steps` and `guidance` default to the image model's own."""
     from .image.generator import ImageGenerator
     from .text.generator import TextGenerator
 
     start = time.perf_counter()
+    if plan:
+        llm_text, layout = write_plan(idea, text_generator or planner(), seed)
+        llm_seconds, start = time.perf_counter() - start, time.perf_counter()
+        [image] = (image_generator or ImageGenerator("shapes")).generate("", layout=layout, steps=steps, seed=seed,
+                                                                         guidance=guidance)
+        return Imagined(idea, llm_text, layout.prompt(), None, image, llm_seconds, time.perf_counter() - start, layout)
     llm_text, spec = write_prompt(idea, text_generator or TextGenerator(), seed)
     llm_seconds = time.perf_counter() - start
     prompt = describe(spec)

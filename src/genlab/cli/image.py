@@ -11,10 +11,22 @@ from genlab.cli import app
 from genlab.progress import console, step_progress
 
 
+def read_layout(value: str | None):
+    """--layout: a file, or the JSON itself (data/layouts.py checks what it holds)."""
+    if value is None or value.lstrip().startswith(("{", "[")):
+        return value
+    from genlab.errors import check
+
+    path = Path(value).expanduser()
+    check(path.is_file(), f"--layout {value}: no such file; give a layout JSON file or the JSON itself")
+    return path.read_text()
+
+
 @app.command()
 def image(
-    prompt: Annotated[str, typer.Argument(help="What to draw: 'a red circle above a blue square' (the shapes model), or a "
-                                               "digit, '7', 'seven' or 'a handwritten 7' (the digits model).")],
+    prompt: Annotated[Optional[str], typer.Argument(help="What to draw: 'a red circle above a blue square' (the shapes model), or a "
+                                                         "digit, '7', 'seven' or 'a handwritten 7' (the digits model). With "
+                                                         "--layout it may be left out: the layout's objects are named.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A bundled image model (digits, digits-distilled, shapes, digits-gan, digits-ar: "
                                                  "`genlab models` lists them), a folder from genlab train diffusion, text2image, gan, "
                                                  "ar-image or genlab distill, or a diffusers pipeline folder (e.g. Stable Diffusion). "
@@ -33,6 +45,16 @@ def image(
     init_image: Annotated[Optional[str], typer.Option("--init-image", help="img2img: start from this picture instead of pure noise.")] = None,
     strength: Annotated[float, typer.Option(help="img2img: how much to change the init image, 0 (none) to 1 (all).")] = 0.75,
     mask: Annotated[Optional[str], typer.Option(help="Inpainting (with --init-image): white pixels are redrawn, black ones kept.")] = None,
+    layout: Annotated[Optional[str], typer.Option(metavar="FILE|JSON", help="Spatial control (shapes model): a JSON layout, "
+                                                  "{\"objects\": [{\"color\": \"red\", \"shape\": \"circle\", \"box\": "
+                                                  "[x0, y0, x1, y1]}, ...]}, boxes in pixels of the 32x32 picture; a file or the JSON itself.")] = None,
+    control: Annotated[Optional[str], typer.Option(metavar="PNG", help="Spatial control (shapes model): a sketch, edge map or "
+                                                   "mask, light on dark or dark on white, square; the prompt gives the colours.")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="The bundled LLM plans the prompt's layout (each object's colour, "
+                                                      "shape and box) and the control branch draws it, as genlab imagine "
+                                                      "--plan; the plan is printed and saved next to --out.")] = False,
+    control_scale: Annotated[float, typer.Option("--control-scale", help="How strongly --layout or --control steers: 0 = not "
+                                                                         "at all, 1 = as trained, up to 2.")] = 1.0,
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t from noise to image at evenly spaced steps.")] = None,
     frames: Annotated[int, typer.Option(help="Frames in the --trajectory strip.")] = 8,
     eta: Annotated[float, typer.Option(help="DDIM only: 0 = deterministic, 1 = as noisy as DDPM.")] = 0.0,
@@ -48,6 +70,7 @@ def image(
     """Generate an image from a prompt and save it as a PNG.
 
     Example: genlab image "a handwritten 7" --steps 20 --seed 0 --out seven.png
+    Layout: genlab image --layout examples/layouts/two.json (boxes with colours and shapes; the shapes model)
     """
     from genlab.errors import check, check_number
     from genlab.image.canvas import grid, save_pngs, upscale
@@ -64,10 +87,19 @@ def image(
     for path, what in ((out, "--out"), (trajectory, "--trajectory")):  # before the work, not after it
         if path:
             check_writable(path, what)
-    request = ImageRequest(prompt, n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
+    check(not (plan and layout), "give --plan or --layout, not both: --plan writes the layout from the prompt")
+    if plan:
+        check(bool(prompt and prompt.strip()), "--plan needs a prompt to plan, e.g. 'below a red triangle there is a blue circle'")
+        from genlab.llm_to_image import planner, write_plan
+
+        text, planned = write_plan(prompt, planner(), seed or 0)
+        console.print(f"plan: {text}", markup=False)
+        layout, prompt = text, ""  # the plan's objects become the caption, as the control branch learned them
+    request = ImageRequest(prompt or "", n=n, sampler=sampler, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                            seed=seed, eta=eta, init_image=init_image, strength=strength, mask=mask,
-                           trajectory_frames=frames if trajectory else 0)
-    model = model or pick_model(prompt)
+                           trajectory_frames=frames if trajectory else 0, layout=read_layout(layout),
+                           control=control, control_scale=control_scale)
+    model = model or pick_model(request.prompt)
     if locate(model, "image").kind.name == "diffusers-pipeline":  # before loading it, which prints diffusers' own output
         check_pipeline_sampler(sampler)
     gen = ImageGenerator(model, device=device, dtype=dtype, adapter=adapter, adapter_scale=adapter_scale)
@@ -80,6 +112,10 @@ def image(
     if trajectory:
         pictures.append((upscale(grid(result.trajectory, columns=len(result.trajectory)), scale), trajectory, "--trajectory"))
     save_pngs(pictures)  # both or neither
+    if plan:
+        from genlab.cli.imagine import save_plan
+
+        save_plan(request.layout, out)
     console.print(f"saved {out}" + (f" and {trajectory}" if trajectory else "") + f" · {result.model_calls} model calls "
                   f"in {result.seconds:.2f} s ({result.steps_per_s:.1f} steps/s, {result.s_per_image:.2f} s/image) · "
                   f"load {gen.load_s:.2f} s · seed {result.seed}")

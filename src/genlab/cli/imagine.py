@@ -11,6 +11,19 @@ from genlab.cli import app
 from genlab.progress import console
 
 
+def plan_path(out: Path) -> Path:
+    """Where a picture's plan is saved: next to it, picture.plan.json."""
+    return out.with_suffix(".plan.json")
+
+
+def save_plan(layout, out: Path) -> None:
+    import json
+
+    from genlab.store import atomic_write_bytes
+
+    atomic_write_bytes(plan_path(out), (json.dumps(layout.to_json(), indent=1) + "\n").encode())
+
+
 @app.command()
 def imagine(
     idea: Annotated[str, typer.Argument(help="Anything, in your own words: 'something that looks like a traffic light'.")],
@@ -22,6 +35,9 @@ def imagine(
     image_model: Annotated[str, typer.Option("--image-model", help="The text-to-image model: 'shapes' or a folder from "
                                                                    "genlab train text2image.")] = "shapes",
     scale: Annotated[int, typer.Option(help="Enlarge the saved PNG by this factor (nearest neighbour).")] = 1,
+    plan: Annotated[bool, typer.Option("--plan", help="The LLM plans the layout (JSON: each object's colour, shape and box, "
+                                                      "constrained by the layout's schema) and the control branch draws "
+                                                      "it; the plan is printed and saved next to the PNG (.plan.json).")] = False,
 ):
     """Turn an idea into a picture: the LLM writes a prompt in the image model's vocabulary, diffusion draws it.
 
@@ -42,11 +58,19 @@ def imagine(
     ImageRequest("the idea", steps=steps, guidance=guidance, seed=seed)  # the picture's checks, before both models load
     check_writable(out, "--out")
     start = time.perf_counter()
-    writer, painter = TextGenerator(text_model), ImageGenerator(image_model)
+    if plan:
+        from genlab.llm_to_image import planner
+
+        writer = planner(text_model)
+    else:
+        writer = TextGenerator(text_model)
+    painter = ImageGenerator(image_model)
     load_s = time.perf_counter() - start
-    result = run(idea, seed=seed, steps=steps, guidance=guidance, text_generator=writer, image_generator=painter)
+    result = run(idea, seed=seed, steps=steps, guidance=guidance, text_generator=writer, image_generator=painter, plan=plan)
     save_png(upscale(result.image, scale), out)
-    console.print(f"LLM wrote:     {result.llm_text}", markup=False)
-    console.print(f"image prompt:  {result.prompt}", markup=False)
+    if plan:
+        save_plan(result.plan, out)
+    console.print(f"LLM {'planned' if plan else 'wrote'}:{' ' if plan else '    '}{result.llm_text}", markup=False)
+    console.print(f"image prompt:  {result.prompt}" + (f" (plan saved in {plan_path(out)})" if plan else ""), markup=False)
     console.print(f"saved {out} · LLM {result.llm_seconds:.2f} s · diffusion {result.image_seconds:.2f} s · "
                   f"loading both models {load_s:.2f} s · seed {seed}", markup=False)

@@ -140,6 +140,30 @@ def text2image(
     console.print(f"model saved in {out / 'model'}; try: genlab image 'a red circle above a blue square' --model {out}")
 
 
+@options_command("control", opts.ControlOptions)
+def control(
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/ and model/ (the base model with the branch "
+                                           "in control/; use it with genlab image --model).")] = Path("runs/shapes-control"),
+    resume: Resume = False,
+    given: dict = None,
+):
+    """Train a ControlNet branch on a frozen text-to-image model: layouts (boxes) and sketches steer it.
+
+    Example: genlab train control --out runs/shapes-control
+    Then: genlab image --layout layout.json --model runs/shapes-control
+    """
+    from genlab.diffusion.control import ControlRun
+
+    run = start(ControlRun, out, resume, given)
+    n = sum(p.numel() for p in run.branch.parameters())
+    console.print(f"a ControlNet branch ({n / 1e6:.2f}M parameters) on the frozen {run.options.base} · {where(run)}; "
+                  f"rendering and encoding {run.options.images} layouts first")
+    with step_progress("encoding the layouts", run.options.images) as update:
+        run.prepare(lambda done: update(done, ""))
+    train(run)
+    console.print(f"model saved in {out / 'model'}; try: genlab image --layout examples/layouts/two.json --model {out}")
+
+
 @options_command("gan", opts.GanOptions)
 def gan(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, samples/, log.jsonl (both losses per step) and "

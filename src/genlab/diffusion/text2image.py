@@ -48,6 +48,7 @@ CONFIG_FILE = "genlab.json"
 KIND = "text2image"  # genlab.json's "kind": tells this folder from a digits model's
 LAYOUT_FILE = "layout/model.safetensors"  # PromptLayout's weights, when the model has one
 DIT_FILE = "dit/model.safetensors"  # the DiT's weights, for backbone "dit" (in place of unet/)
+CONTROL_DIR = "control"  # a ControlNet branch (control.py), a diffusers ControlNetModel folder, when the model has one
 
 
 @dataclass
@@ -200,18 +201,38 @@ class TextToImage(torch.nn.Module):
         self.vae = vae if vae is not None else autoencoder.build_vae(c.resolution, c.vae_widths, c.latent_channels)
         self.vae.requires_grad_(False)
         self.encoder = encoder or TextEncoder.bundled(c.max_tokens)  # frozen and shared: not a submodule
+        self.control = None  # a ControlNet branch (control.py) that reads layouts and sketches, if the folder has one
 
     # --- what the denoiser is --------------------------------------------------------------------
 
-    def forward(self, zt: torch.Tensor, t: torch.Tensor, states: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
-        """`layout`: the prompt layout's output for these states, if already computed (training reuses it)."""
+    def forward(self, zt: torch.Tensor, t: torch.Tensor, states: torch.Tensor, layout: torch.Tensor | None = None,
+                control: torch.Tensor | None = None, branch=None, control_scale: torch.Tensor | None = None,
+                classes: torch.Tensor | None = None) -> torch.Tensor:
+        """`layout`: the prompt layout's output for these states, if already computed (training reuses it).
+        `control`: (B, CONTROL_CHANNELS, 32, 32) maps of a layout or sketch (data/layouts.py), read by the
+        ControlNet `branch` (default: the model's own, control.py), whose features join the UNet's skips,
+        times `control_scale` (B,) (default 1: as trained)."""
         states = states.to(zt.dtype)
         if self.layout is not None and layout is None:
             layout = self.layout(states)
-        x = zt if layout is None else torch.cat([zt, self.layout.unet_input(layout).to(zt.dtype)], 1)
+        if layout is None:
+            x = zt
+        else:
+            read = self.layout.unet_input(layout)  # (B, C, h, w)
+            if classes is not None:  # what covers each position, given exactly (a layout's class maps) instead of guessed
+                read = torch.cat([read[:, :self.layout.channels], classes.to(read.dtype)], 1)
+            x = torch.cat([zt, read.to(zt.dtype)], 1)
         if self.dit is not None:
             return self.dit(x, t.to(x.device), states=states)  # (B, 4, h, w)
-        return self.unet(x, t, encoder_hidden_states=states).sample  # (B, 4, h, w)
+        extra = {}
+        branch = branch if branch is not None else self.control
+        if control is not None and branch is not None:
+            down, mid = branch(x, t, encoder_hidden_states=states, controlnet_cond=control.to(x.dtype), return_dict=False)
+            if control_scale is not None:
+                w = control_scale.to(x.dtype)[:, None, None, None]  # (B, 1, 1, 1)
+                down, mid = [d * w for d in down], mid * w
+            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        return self.unet(x, t, encoder_hidden_states=states, **extra).sample  # (B, 4, h, w)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -234,6 +255,17 @@ class TextToImage(torch.nn.Module):
         if not negative:
             check_drawable(prompt)
         return self._states(prompt, n)
+
+    def layout_classes(self, layout, n: int) -> torch.Tensor:
+        """(n, 14, h, w): a layout's class maps (data/layouts.py), what the semantic prompt layout would guess from a caption."""
+        from ..data.layouts import class_maps
+
+        maps = class_maps(layout.scene(), self.config.latent_size)
+        return maps.to(next(self.net.parameters()).device, next(self.net.parameters()).dtype).expand(n, -1, -1, -1)
+
+    def guessed_classes(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, 14, h, w): the semantic prompt layout's own class probabilities for these text states."""
+        return self.layout.unet_input(self.layout(states.to(next(self.net.parameters()).dtype)))[:, self.layout.channels:]
 
     def null_condition(self, n: int) -> dict[str, torch.Tensor]:
         """The empty prompt: what the UNet learnt to predict with the caption dropped (for guidance)."""
@@ -332,6 +364,10 @@ def load_text2image(folder: Path, device: str | torch.device = "cpu", dtype: tor
             model = TextToImage(config, vae, net=UNet2DConditionModel.from_pretrained(folder / "unet"))
         if model.layout is not None:  # built fresh from the config; its weights are in layout/
             model.layout.load_state_dict(load_file(folder / LAYOUT_FILE))
+        if (folder / CONTROL_DIR / "config.json").is_file():  # a ControlNet for layouts and sketches (control.py)
+            from diffusers import ControlNetModel
+
+            model.control = ControlNetModel.from_pretrained(folder / CONTROL_DIR).eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise GenlabError(f"cannot load the text-to-image model in {folder}: {str(e).splitlines()[0]}") from None
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

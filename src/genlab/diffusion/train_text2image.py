@@ -20,7 +20,8 @@ import torch
 
 from ..errors import check
 from . import autoencoder
-from ..data.shapes import COLORS, RADIUS, SHAPES, ShapesWorld, coverage, render
+from ..data.layouts import LAYOUT_CLASSES, class_maps  # noqa: F401  (LAYOUT_CLASSES: part of this module's API)
+from ..data.shapes import ShapesWorld, render
 from .text2image import TextToImage, TextToImageConfig, save_text2image
 from ..store import atomic_dir
 from .train import P_UNCOND, denoising_loss
@@ -32,21 +33,6 @@ from ..training.run import Run
 # latent picture from the prompt alone (its mean over all pictures that fit the caption): a
 # direct signal for "which object goes where", which the denoising loss alone did not teach.
 LAYOUT_WEIGHT = 1.0  # layout_loss's weight next to the denoising loss
-
-
-# A semantic layout (--layout-classes) also learns what covers each latent position: one
-# distribution per group, "nothing" first. The shapes world knows it exactly (class_maps).
-LAYOUT_CLASSES = {"color": ("nothing", *COLORS), "shape": ("nothing", *SHAPES), "size": ("nothing", *RADIUS)}
-
-
-def class_maps(scene, cells: int) -> torch.Tensor:
-    """The share of every cell that each class covers: (7 + 4 + 3, cells, cells), each group summing to 1."""
-    masks = [torch.from_numpy(m) for m in coverage(scene, cells)]
-    nothing = 1 - sum(masks, torch.zeros(cells, cells))
-    share = lambda attr, name: sum((m for m, o in zip(masks, scene.objects) if getattr(o, attr) == name),  # noqa: E731
-                                   torch.zeros(cells, cells))
-    return torch.stack([nothing if name == "nothing" else share(attr, name)
-                        for attr, names in LAYOUT_CLASSES.items() for name in names])
 
 
 def layout_loss(layout, raw: torch.Tensor, z0: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:

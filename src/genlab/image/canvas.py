@@ -37,12 +37,13 @@ def open_image(path: str | Path, what: str, mode: str = "RGB"):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(Path(path).expanduser()) as im:
+        with Image.open(path if hasattr(path, "read") else Path(path).expanduser()) as im:
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
             return im.convert(mode)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise GenlabError(f"cannot read {what} {str(path)!r}: {getattr(e, 'strerror', None) or e}",
+        source = "(the uploaded picture)" if hasattr(path, "read") else repr(str(path))
+        raise GenlabError(f"cannot read {what} {source}: {getattr(e, 'strerror', None) or e}",
                           *((what,) if what.isidentifier() else ())) from None
 
 
@@ -122,3 +123,25 @@ def png_bytes(im) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def read_sketch(path: str | bytes, size: int = 32) -> torch.Tensor:
+    """A sketch, edge map or mask for spatial control (diffusion/control.py; a file, or PNG bytes from the server)
+    -> (size, size) in [0, 1]: light strokes or regions on a dark ground. A square picture of any size is resized;
+    anything else is one line."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = open_image(io.BytesIO(path) if isinstance(path, bytes) else path, "control")
+    path = "the control picture" if isinstance(path, bytes) else path
+    w, h = image.size
+    check(w == h and w >= 16, f"control must be a square picture of at least 16x16 pixels (it is resized to {size}x{size}); "
+          f"{path} is {w}x{h}", "control")
+    gray = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255
+    if gray.mean() > 0.5:  # dark strokes on white paper: turn it round
+        gray = 1 - gray
+    check(gray.max() > 0.25, f"control {path} is blank: draw light strokes or regions on a dark ground (or dark on white)",
+          "control")
+    return torch.from_numpy(gray)

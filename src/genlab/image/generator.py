@@ -147,9 +147,24 @@ class ImageGenerator:
             self.drawer.condition(request.prompt)
         elif self.model is not None:
             self._check_distilled(request)
+            self.control_maps(request, 1)
             self.model.condition(request.prompt, 1)
             if request.negative_prompt:
                 self.model.condition(request.negative_prompt, 1, negative=True)
+
+    def control_maps(self, request: "ImageRequest", n: int) -> torch.Tensor | None:
+        """(n, CONTROL_CHANNELS, 32, 32): the request's layout and sketch as the control branch reads them, or None."""
+        if request.layout is None and request.control is None:
+            return None
+        what = "layout" if request.layout is not None else "control"
+        check(getattr(self.model, "control", None) is not None, f"{what} needs a text-to-image model with a control branch "
+              f"(the bundled shapes has one; genlab train control makes one); {self.name!r} has none", what)
+        from ..data.layouts import control_maps
+        from .canvas import read_sketch
+
+        sketch = read_sketch(request.control) if request.control is not None else None
+        maps = control_maps(request.layout, sketch)  # (C, 32, 32)
+        return maps.to(self.device, self.dtype).expand(n, -1, -1, -1)
 
     def _check_distilled(self, request: "ImageRequest") -> None:
         """A distilled student (diffusion/distill.py) learned its teacher's guided images, so guidance is
@@ -173,6 +188,13 @@ class ImageGenerator:
         self._check_distilled(request)
         cond = m.condition(request.prompt, n)
         uncond = m.condition(request.negative_prompt, n, negative=True) if request.negative_prompt else m.null_condition(n)
+        control = self.control_maps(request, n)
+        if control is not None:  # both branches of guidance see the layout or sketch; only the text differs
+            scale = torch.full((n,), float(request.control_scale), device=self.device)
+            cond, uncond = (dict(c, control=control, control_scale=scale) for c in (cond, uncond))
+            if request.layout is not None and m.config.layout_classes:  # what covers each position: from the boxes
+                cond["classes"] = m.layout_classes(request.layout, n)
+                uncond["classes"] = m.guessed_classes(uncond["states"])
         denoise = guided(m, cond, uncond, self.guidance(request), self.dtype)
         plan = make_plan(sampler, self.schedule, request.steps, self.config.prediction)
         # all randomness comes from one CPU generator: the same seed starts from the same noise on any device

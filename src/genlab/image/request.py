@@ -34,8 +34,18 @@ class ImageRequest:
     strength: float = 0.75
     mask: str | None = None  # inpainting: white pixels are repainted, black ones kept from init_image
     trajectory_frames: int = 0  # keep this many evenly spaced x_t for a denoising strip
+    layout: object = None  # spatial control: boxes with colour and shape (data/layouts.py: JSON text, a dict or a Layout)
+    control: str | bytes | None = None  # spatial control: a sketch, edge map or mask picture, a file or PNG bytes (diffusion/control.py)
+    control_scale: float = 1.0  # how strongly the control branch steers: 0 = not at all, 1 = as trained
 
     def __post_init__(self):
+        if self.layout is not None:
+            from ..data.layouts import Layout
+
+            self.layout = self.layout if isinstance(self.layout, Layout) else Layout.parse(self.layout)
+            if not (isinstance(self.prompt, str) and self.prompt.strip()):
+                self.prompt = self.layout.prompt()  # the boxes say where; the caption names what
+        check_number("control_scale", self.control_scale, 0, 2)
         check(isinstance(self.prompt, str) and self.prompt.strip() != "",
               "the prompt is empty; describe the picture, e.g. 'a red circle above a blue square' or 'a handwritten 7'")
         check_text("the prompt", self.prompt)

@@ -155,6 +155,7 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
     app.state.config = config
     app.state.admission = Admission(config.concurrency, config.queue)
     app.state.models = Models(config, app.state.admission)
+    app.state.planner, app.state.planner_lock = None, threading.Lock()  # the LLM planner, loaded on the first plan request
 
     _errors(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)

@@ -37,7 +37,17 @@ def png_b64(image) -> str:
 @router.post("/v1/images/generations")
 async def generations(body: ImagesRequest, request: Request):
     config, models = request.app.state.config, request.app.state.models
-    default = pick_model(body.prompt) if body.model is None and body.prompt.strip() else None
+    layout = body.layout
+    if body.plan:  # the LLM writes the layout (llm_to_image.py); the prompt becomes the plan's caption
+        check(body.layout is None, "give plan or layout, not both: plan writes the layout from the prompt", "plan")
+        check(body.prompt.strip() != "", "plan needs a prompt to plan, e.g. 'below a red triangle there is a blue circle'", "plan")
+        layout = await anyio.to_thread.run_sync(_plan, request.app, body.prompt, body.seed or 0)
+    control = {"layout": layout, "control": body.control_png()} if layout is not None or body.control else {}
+    if body.control_scale is not None:
+        control["control_scale"] = body.control_scale
+    job = ImageRequest("" if body.plan else body.prompt, n=body.n, sampler=body.sampler, steps=body.steps, guidance=body.guidance_scale,
+                       negative_prompt=body.negative_prompt, seed=body.seed, **control)  # a layout may name the prompt
+    default = pick_model(job.prompt) if body.model is None else None
     name, gen = models.pick("image", body.model, default if default in models.image else None)
     check(1 <= body.n <= config.max_images, f"n must be between 1 and {config.max_images} on this server, got {body.n}")
     check(body.steps is None or body.steps <= config.max_steps, f"steps must be at most {config.max_steps} on this server, got {body.steps}")
@@ -45,8 +55,6 @@ async def generations(body: ImagesRequest, request: Request):
         _, height, width = gen.pixel_shape
         check(body.size == f"{width}x{height}", f"size {body.size!r} is not available: model {name!r} draws "
               f"{width}x{height} pictures; send size '{width}x{height}' or leave it out")
-    job = ImageRequest(body.prompt, n=body.n, sampler=body.sampler, steps=body.steps, guidance=body.guidance_scale,
-                       negative_prompt=body.negative_prompt, seed=body.seed)
     if gen.pixel_shape is not None:  # an unknown prompt is a 400 now, not an error event mid-stream
         await anyio.to_thread.run_sync(gen.check_prompt, job)
     else:
@@ -56,9 +64,20 @@ async def generations(body: ImagesRequest, request: Request):
         return event_stream(_stream(ticket, gen, job, body.partial_images), ticket)
     async with ticket.slot():
         result = await anyio.to_thread.run_sync(gen.run, job)
-        data = [{"b64_json": png_b64(im), "revised_prompt": body.prompt} for im in result.images]
+        data = [{"b64_json": png_b64(im), "revised_prompt": job.prompt} for im in result.images]
     return {"created": now(), "data": data, "model": name, "seed": result.seed,
-            "timings": _timings(result.seconds, result.model_calls, len(result.images))}
+            "timings": _timings(result.seconds, result.model_calls, len(result.images))} | (
+        {"plan": job.layout.to_json()} if body.plan else {})
+
+
+def _plan(app, prompt: str, seed: int):
+    """The planner (SmolLM2 with its bundled adapter), loaded on the first plan request and kept."""
+    from genlab.llm_to_image import planner, write_plan
+
+    with app.state.planner_lock:
+        if app.state.planner is None:
+            app.state.planner = planner()
+        return write_plan(prompt, app.state.planner, seed)[0]
 
 
 async def _stream(ticket, gen, job: ImageRequest, partial_images: int | None):

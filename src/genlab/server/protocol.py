@@ -10,6 +10,7 @@ follow llama.cpp's server and AUTOMATIC1111's names where they exist.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -210,6 +211,23 @@ class ImagesRequest(Strict):
     negative_prompt: Optional[str] = None
     stream: bool = False  # SSE: a partial image after each step, as OpenAI's image streaming does
     partial_images: Optional[int] = None  # how many previews to stream (evenly spaced); default every step
+    # spatial control (diffusion/control.py), for models with a control branch (shapes)
+    layout: Union[dict, list, None] = None  # {"objects": [{"color", "shape", "box": [x0, y0, x1, y1]}, ...]}; prompt may be ""
+    control: Optional[str] = None  # a sketch, edge map or mask: a base64-encoded PNG (or a data: URL)
+    control_scale: Optional[float] = None  # 0 = off, 1 = as trained (default), up to 2
+    plan: bool = False  # the LLM plans the prompt's layout first (genlab image --plan); the answer carries the plan
+
+    def control_png(self) -> bytes | None:
+        """The control picture's bytes, checked to be base64."""
+        if self.control is None:
+            return None
+        import binascii
+
+        data = self.control.split(",", 1)[1] if self.control.startswith("data:") else self.control
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise GenlabError("control must be a base64-encoded PNG (or a data: URL holding one)", "control") from None
 
     @field_validator("response_format")
     @classmethod

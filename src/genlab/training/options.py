@@ -245,6 +245,21 @@ class Text2ImageOptions(RunOptions):
 
 
 @dataclass
+class ControlOptions(RunOptions):
+    """`genlab train control`: a ControlNet branch on a frozen text-to-image model, for layouts and sketches."""
+
+    base: str = option("shapes", "The frozen text-to-image model the branch learns to steer: `shapes` (bundled) or a "
+                                 "genlab train text2image folder.", path=("shapes",))
+    images: int = option(12000, "Random layouts in the training pool, rendered and encoded once at the start.", min=1)
+    steps: int = option(2000, "Optimizer steps in total; with --resume, a larger total extends the run.", min=1, on_resume=True)
+    batch_size: int = option(64, "Layouts per step.", min=1)
+    lr: float = option(2e-4, "Peak learning rate (AdamW, warm-up then cosine decay).", above=0)
+    seed: int = option(0, "Seed for the branch's new layers, the pool and every draw.", min=0)
+    sample_every: int = option(500, "Save a grid of held-out layouts and their samples every N steps; 0 = never.", min=0,
+                               on_resume=True)
+
+
+@dataclass
 class GanOptions(RunOptions):
     """`genlab train gan`: DCGAN generator against a spectral-norm projection discriminator (the bundled digits-gan)."""
 

@@ -224,6 +224,7 @@ async function generateImage(event) {
   const body = {
     prompt: $("image-prompt").value, model: $("image-model").value || undefined, stream: true,
     steps: number("steps"), sampler: $("sampler").value || undefined, guidance_scale: number("guidance"), seed: number("image-seed"),
+    ...controlFields(),
   };
   $("image-stats").textContent = "";
   const start = performance.now();
@@ -253,6 +254,91 @@ async function generateImage(event) {
     button.disabled = false;
   }
 }
+
+// ---- spatial control: boxes (a layout) and a sketch, drawn on a 256x256 canvas over the 32x32 picture ----
+const COLORS = { red: "#e61e1e", orange: "#ff8c00", yellow: "#f5eb14", green: "#1ec832", blue: "#2850ff", purple: "#a028e6" };
+const SHAPES = ["circle", "square", "triangle"];
+const PIXEL = 8;  // canvas pixels per picture pixel
+const pad = { boxes: [], sketched: false, drag: null, sketch: document.createElement("canvas") };
+pad.sketch.width = pad.sketch.height = 256;
+
+function controlFields() {
+  const fields = {};
+  if (pad.boxes.length) Object.assign(fields, { layout: { objects: pad.boxes }, prompt: "" });  // the boxes name the objects
+  if (pad.sketched) fields.control = pad.sketch.toDataURL("image/png");
+  return fields;
+}
+
+function drawPad(preview) {
+  const ctx = $("control-canvas").getContext("2d");
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, 256, 256);
+  ctx.drawImage(pad.sketch, 0, 0);
+  for (const o of preview ? [...pad.boxes, preview] : pad.boxes) {
+    const [x0, y0, x1, y1] = o.box.map((v) => v * PIXEL);
+    ctx.strokeStyle = COLORS[o.color]; ctx.lineWidth = 2; ctx.strokeRect(x0 + 1, y0 + 1, x1 - x0 - 2, y1 - y0 - 2);
+    ctx.fillStyle = COLORS[o.color]; ctx.font = "12px system-ui"; ctx.fillText(o.shape, x0 + 4, y0 + 14);
+  }
+  $("control-list").textContent = pad.boxes.length || pad.sketched
+    ? [...pad.boxes.map((o) => `${o.color} ${o.shape} [${o.box.join(", ")}]`), pad.sketched ? "sketch" : ""].filter(Boolean).join(" · ")
+    : "drag on the square to place an object (the picture is 32x32 pixels)";
+}
+
+function padPoint(e) {  // canvas pixels, whatever size the canvas is shown at
+  const r = $("control-canvas").getBoundingClientRect();
+  return [Math.max(0, Math.min(256, (e.clientX - r.left) * 256 / r.width)), Math.max(0, Math.min(256, (e.clientY - r.top) * 256 / r.height))];
+}
+
+function boxFrom([ax, ay], [bx, by]) {  // picture pixels, at least 8x8 (the smallest shape), inside the picture
+  let [x0, x1] = [Math.floor(Math.min(ax, bx) / PIXEL), Math.ceil(Math.max(ax, bx) / PIXEL)];
+  let [y0, y1] = [Math.floor(Math.min(ay, by) / PIXEL), Math.ceil(Math.max(ay, by) / PIXEL)];
+  x1 = Math.min(32, Math.max(x1, x0 + 8)); x0 = Math.min(x0, x1 - 8);
+  y1 = Math.min(32, Math.max(y1, y0 + 8)); y0 = Math.min(y0, y1 - 8);
+  return [x0, y0, x1, y1];
+}
+
+function padDown(e) {
+  const p = padPoint(e);
+  pad.drag = { start: p, last: p };
+  $("control-canvas").setPointerCapture?.(e.pointerId);
+}
+
+function padMove(e) {
+  if (!pad.drag) return;
+  const p = padPoint(e);
+  if ($("control-mode").value === "sketch") {
+    const ctx = pad.sketch.getContext("2d");
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = 10; ctx.lineCap = "round";
+    ctx.beginPath(); ctx.moveTo(...pad.drag.last); ctx.lineTo(...p); ctx.stroke();
+    pad.sketched = true; pad.drag.last = p;
+    drawPad();
+  } else {
+    pad.drag.last = p;
+    drawPad({ color: $("box-color").value, shape: $("box-shape").value, box: boxFrom(pad.drag.start, p) });
+  }
+}
+
+function padUp(e) {
+  if (!pad.drag) return;
+  if ($("control-mode").value === "boxes" && pad.boxes.length < 3) {
+    pad.boxes.push({ color: $("box-color").value, shape: $("box-shape").value, box: boxFrom(pad.drag.start, padPoint(e)) });
+  }
+  pad.drag = null;
+  drawPad();
+}
+
+function padClear() {
+  pad.boxes = []; pad.sketched = false;
+  pad.sketch.getContext("2d").clearRect(0, 0, 256, 256);
+  drawPad();
+}
+
+for (const c of Object.keys(COLORS)) $("box-color").add(new Option(c, c));
+for (const s of SHAPES) $("box-shape").add(new Option(s, s));
+$("control-canvas").addEventListener("pointerdown", padDown);
+$("control-canvas").addEventListener("pointermove", padMove);
+$("control-canvas").addEventListener("pointerup", padUp);
+$("control-clear").addEventListener("click", padClear);
+drawPad();
 
 // ---- wiring ------------------------------------------------------------------------------------
 $("chat-form").addEventListener("submit", sendChat);
