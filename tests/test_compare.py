@@ -16,7 +16,7 @@ def test_bad_input(tmp_path, capsys):
     code, _, err = run(["compare", "--quick", "--out", str(blocker / "report")], capsys)
     assert_one_line_error(code, err, "is not a writable folder")
     code, _, err = run(["train", "transformer-gan"], capsys)
-    assert_one_line_error(code, err, "No such command 'transformer-gan'. Choose one of: diffusion, vae, text2image, gan")
+    assert_one_line_error(code, err, "No such command 'transformer-gan'. Choose one of: diffusion, vae, text2image, control, gan")
     with pytest.raises(GenlabError, match=r"bundled model 'nothing' is missing .* build it with `genlab train gan"):
         bundled_weights("nothing", "genlab train gan --out runs/gan")
 
