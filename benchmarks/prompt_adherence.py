@@ -54,12 +54,10 @@ def draw(gen: ImageGenerator, prompts: list[str], steps: int, guidance: float, s
         chunk = prompts[start:start + batch]
         cond = {"states": torch.cat([m.condition(p, 1)["states"] for p in chunk])}
         uncond = m.null_condition(len(chunk))
-        if layouts is not None:  # as ImageGenerator.stream does for a layout request
+        if layouts is not None:  # the inputs ImageGenerator.stream gives a layout request
             chunk_layouts = layouts[start:start + batch]
             maps = torch.stack([control_maps(lay) for lay in chunk_layouts])
-            cond, uncond = (dict(c, control=maps) for c in (cond, uncond))
-            cond["classes"] = torch.cat([m.layout_classes(lay, 1) for lay in chunk_layouts])
-            uncond["classes"] = m.guessed_classes(uncond["states"])
+            cond, uncond = m.with_control(cond, uncond, maps, chunk_layouts)
         denoise = guided(m, cond, uncond, guidance, gen.dtype)
         x = torch.randn((len(chunk), *m.sample_shape), generator=g)
         for step in SAMPLERS[sampler](denoise, x, plan, generator=g):

@@ -70,7 +70,7 @@ PAIRS = {"left of": ("left", "right"), "right of": ("right", "left"), "above": (
 
 
 def plan_of(spec: Spec) -> Layout:
-    """The layout a spec asks for, with its objects where a person would put them: the few-shot answers."""
+    """The layout a spec asks for, with its objects where a person would put them: the planner's training answers."""
     spots = [spec.where] if spec.kind == "position" else list(PAIRS[spec.where or "left of"]) if len(spec.objects) == 2 else [None]
     objects = []
     for want, spot in zip(spec.objects, spots):
@@ -79,7 +79,7 @@ def plan_of(spec: Spec) -> Layout:
     return Layout.parse({"objects": objects})
 
 
-PLANNER = "shapes-planner"  # the bundled LoRA adapter that teaches SmolLM2 to plan (registry.py; docs/control.md)
+PLANNER = "shapes-planner"  # the bundled LoRA adapter that teaches SmolLM2 to plan (src/genlab/weights/; docs/control.md)
 
 
 def plan_data(path: str, count: int = 1500, seed: int = 0) -> None:

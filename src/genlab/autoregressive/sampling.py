@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from genlab.autoregressive.structured import FORMATS, grammar_of
 from genlab.errors import check, check_number, check_text
 
 SPECULATIVE = ("off", "lookup", "draft", "auto")  # speculative.py: how many tokens a pass may write; never what they are
@@ -76,11 +77,9 @@ class SamplingParams:
             check_text("negative_prompt", self.negative_prompt)
             check(self.guidance_scale != 1, "negative_prompt works through guidance: give a guidance_scale other than 1 "
                   "(e.g. 1.5)", "negative_prompt", "guidance_scale")
-        given = [f for f in ("json_schema", "regex", "choice", "grammar") if getattr(self, f) not in (None, False)]
+        given = [f for f in FORMATS if getattr(self, f) not in (None, False)]
         check(len(given) <= 1, f"give one output format at a time, not {' and '.join(given)}", *given)
         if given:
-            from genlab.autoregressive.structured import grammar_of
-
             check(not self.ignore_eos, f"ignore_eos cannot be combined with {given[0]}: a structured output ends "
                   "when it is complete", "ignore_eos")
             self.grammar_text = grammar_of(given[0], getattr(self, given[0]))
@@ -94,7 +93,7 @@ class SamplingParams:
     @property
     def structure(self) -> str | None:
         """The structured-output field in use (json_schema, regex, choice or grammar), or None."""
-        return next((f for f in ("json_schema", "regex", "choice", "grammar") if getattr(self, f) not in (None, False)), None)
+        return next((f for f in FORMATS if getattr(self, f) not in (None, False)), None)
 
 
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

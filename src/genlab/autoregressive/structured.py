@@ -32,6 +32,7 @@ import torch
 from genlab.errors import GenlabError, check
 
 FORMATS = ("json_schema", "regex", "choice", "grammar")  # SamplingParams fields; at most one per request
+
 # JSON is written the way json.dumps writes it: ", " and ": ", no other whitespace (a small model
 # allowed free whitespace can spend its whole budget on newlines)
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}

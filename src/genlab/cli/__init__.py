@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, check
 from genlab.progress import console
 
 app = typer.Typer(
@@ -77,6 +77,18 @@ FLAGS = {"n": "-n", "trajectory_frames": "--frames"}  # where a flag is not the 
 def flag(name: str) -> str:
     """The command-line flag of a library field: steps -> --steps, max_new_tokens -> --max-new-tokens."""
     return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def read_text_file(flag: str, path: str) -> str:
+    """The text of a file a flag names (--grammar, --json-schema, --layout): one line if it is missing or not UTF-8."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    check(file.is_file(), f"{flag} {path}: no such file")
+    try:
+        return file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenlabError(f"{flag} {path} cannot be read as UTF-8 text ({type(e).__name__})") from None
 
 
 def _fail(message: str) -> None:

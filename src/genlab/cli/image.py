@@ -15,11 +15,9 @@ def read_layout(value: str | None):
     """--layout: a file, or the JSON itself (data/layouts.py checks what it holds)."""
     if value is None or value.lstrip().startswith(("{", "[")):
         return value
-    from genlab.errors import check
+    from genlab.cli import read_text_file
 
-    path = Path(value).expanduser()
-    check(path.is_file(), f"--layout {value}: no such file; give a layout JSON file or the JSON itself")
-    return path.read_text()
+    return read_text_file("--layout", value)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from genlab.cli import app
+from genlab.cli import app, read_text_file
 from genlab.errors import GenlabError, check, check_text
 from genlab.progress import console
 
@@ -76,7 +76,7 @@ def _structure(json_schema: str | None, regex: str | None, choice: str | None, g
             out["json_schema"] = True
         else:
             if not text.startswith("{"):
-                text = _read("--json-schema", json_schema)
+                text = read_text_file("--json-schema", json_schema)
             try:
                 out["json_schema"] = json.loads(text)
             except json.JSONDecodeError as e:
@@ -87,19 +87,8 @@ def _structure(json_schema: str | None, regex: str | None, choice: str | None, g
     if choice is not None:
         out["choice"] = [c.strip() for c in choice.split(",") if c.strip()]
     if grammar is not None:
-        out["grammar"] = _read("--grammar", grammar)
+        out["grammar"] = read_text_file("--grammar", grammar)
     return out
-
-
-def _read(flag: str, path: str) -> str:
-    from pathlib import Path
-
-    file = Path(path).expanduser()
-    check(file.is_file(), f"{flag} {path}: no such file")
-    try:
-        return file.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenlabError(f"{flag} {path} cannot be read as UTF-8 text ({type(e).__name__})") from None
 
 
 def _bias(items: list[str]) -> dict[int, float]:

@@ -256,6 +256,18 @@ class TextToImage(torch.nn.Module):
             check_drawable(prompt)
         return self._states(prompt, n)
 
+    def with_control(self, cond: dict, uncond: dict, maps: torch.Tensor, layouts: list | None = None,
+                     scale: float = 1.0) -> tuple[dict, dict]:
+        """Guidance's two inputs with the control branch's added: the maps (B, C, 32, 32) of a layout or sketch
+        in both (only the text differs between them), and with `layouts` (one per row) the base's class maps,
+        given exactly from the boxes for the prompt and guessed from the unconditional text for the other."""
+        w = torch.full((maps.shape[0],), float(scale), device=maps.device)
+        cond, uncond = (dict(c, control=maps, control_scale=w) for c in (cond, uncond))
+        if layouts is not None and self.config.layout_classes:
+            cond["classes"] = torch.cat([self.layout_classes(lay, 1) for lay in layouts])
+            uncond["classes"] = self.guessed_classes(uncond["states"])
+        return cond, uncond
+
     def layout_classes(self, layout, n: int) -> torch.Tensor:
         """(n, 14, h, w): a layout's class maps (data/layouts.py), what the semantic prompt layout would guess from a caption."""
         from ..data.layouts import class_maps

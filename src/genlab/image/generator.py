@@ -189,12 +189,9 @@ class ImageGenerator:
         cond = m.condition(request.prompt, n)
         uncond = m.condition(request.negative_prompt, n, negative=True) if request.negative_prompt else m.null_condition(n)
         control = self.control_maps(request, n)
-        if control is not None:  # both branches of guidance see the layout or sketch; only the text differs
-            scale = torch.full((n,), float(request.control_scale), device=self.device)
-            cond, uncond = (dict(c, control=control, control_scale=scale) for c in (cond, uncond))
-            if request.layout is not None and m.config.layout_classes:  # what covers each position: from the boxes
-                cond["classes"] = m.layout_classes(request.layout, n)
-                uncond["classes"] = m.guessed_classes(uncond["states"])
+        if control is not None:
+            layouts = None if request.layout is None else [request.layout] * n
+            cond, uncond = m.with_control(cond, uncond, control, layouts, request.control_scale)
         denoise = guided(m, cond, uncond, self.guidance(request), self.dtype)
         plan = make_plan(sampler, self.schedule, request.steps, self.config.prediction)
         # all randomness comes from one CPU generator: the same seed starts from the same noise on any device
