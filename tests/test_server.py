@@ -16,6 +16,7 @@ import threading
 import time
 
 import httpx
+from PIL import Image
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -57,7 +58,7 @@ def test_health_and_models(server, client):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {TEXT, "pydoc-gpt", "pydoc-mdlm", "digits", "digits-distilled", "shapes", "digits-gan",
-                           "digits-ar"}  # every bundled model
+                           "digits-ar", "all-minilm-l6-v2"}  # every bundled model, and the sentence encoder (embeddings)
     assert models[TEXT].kind == "text" and models["digits"].kind == "image"
     assert models["digits"].size == "16x16" and models["shapes"].size == "32x32"
     assert client.models.retrieve("shapes").id == "shapes"
@@ -189,8 +190,6 @@ def test_image_defaults_are_the_models_own(server, client):
 
 
 def test_image_model_picked_from_the_prompt(client):
-    from PIL import Image
-
     answer = client.images.generate(prompt="a red circle", extra_body={"seed": 1, "steps": 8})
     assert Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json))).size == (32, 32)  # shapes
     answer = client.images.generate(prompt="a handwritten 3", extra_body={"seed": 1, "steps": 8})
@@ -211,7 +210,8 @@ def test_image_stream_previews_then_the_same_picture(server, client):
     whole = client.images.generate(**{k: body[k] for k in ("prompt", "model")}, extra_body={"seed": 4, "steps": 6})
     assert done["b64_json"] == whole.data[0].b64_json
     assert done["timings"]["model_calls"] == 6 and done["timings"]["s_per_step"] > 0
-    assert partial[-1]["b64_json"] == done["b64_json"]  # the last step's x0 guess is the picture
+    pixels = [Image.open(io.BytesIO(base64.b64decode(e["b64_json"]))).tobytes() for e in (partial[-1], done)]
+    assert pixels[0] == pixels[1]  # the last step's x0 guess is the picture (which also carries its receipt)
     few = httpx.post(server.url + "/v1/images/generations", json=dict(body, stream=True, partial_images=2), timeout=120)
     assert [json.loads(x[6:])["step"] for x in few.text.split("\n\n") if '"image_generation.partial_image"' in x] == [3, 6]
 
@@ -369,7 +369,7 @@ def test_health_is_503_while_loading():
         assert r.status_code == 503 and r.json() == {"status": "loading"} and r.headers["retry-after"]
         r = httpx.post(s.url + "/v1/images/generations", json={"prompt": "7"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
-        assert [m["ready"] for m in httpx.get(s.url + "/v1/models").json()["data"]] == [False, False]
+        assert [m["ready"] for m in httpx.get(s.url + "/v1/models").json()["data"]] == [False, False, False]  # + MiniLM
         s.app.state.models.config.text_models = []  # load only the digits model: fast
         s.app.state.models.load()
         assert httpx.get(s.url + "/health").status_code == 200
@@ -448,7 +448,8 @@ def test_serve_command_runs_a_server(tmp_path):
             except httpx.TransportError:
                 time.sleep(0.3)
         assert status == 200
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/images/generations", json={"prompt": "seven", "seed": 0, "steps": 5})
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/images/generations", json={"prompt": "seven", "seed": 0, "steps": 5},
+                       timeout=120)
         assert r.status_code == 200 and r.json()["seed"] == 0
         assert "<title>genlab</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
     finally:

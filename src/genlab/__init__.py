@@ -8,10 +8,13 @@
 
     from genlab import imagine
     result = imagine("something that looks like a traffic light")   # result.prompt, result.image
+
+    from genlab import Embedder
+    Embedder().embed(["a cat on a mat", "a kitten on a rug"]).similarity()   # cosine similarities
 """
 
 __version__ = "0.1.0"
-__all__ = ["TextGenerator", "SamplingParams", "ImageGenerator", "imagine", "GenlabError"]
+__all__ = ["TextGenerator", "SamplingParams", "ImageGenerator", "imagine", "Embedder", "GenlabError"]
 
 from genlab.errors import GenlabError
 
@@ -33,4 +36,8 @@ def __getattr__(name):  # import torch and the models only when they are used
         from genlab.llm_to_image import imagine
 
         return imagine
+    if name == "Embedder":
+        from genlab.text.embed import Embedder
+
+        return Embedder
     raise AttributeError(f"module 'genlab' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The `genlab` command. Each subcommand is a thin layer over the Python API.
 
 text.py holds text, chat and models; image.py holds image; imagine.py holds imagine;
-train.py holds `train ...`; demo.py the demo. This file holds the app and the one place errors become exit code 2.
+embed.py holds embed; train.py holds `train ...`; demo.py the demo. This file holds the app and the one place errors become exit code 2.
 
 Text goes to stdout, everything for people (progress, timings, errors) to stderr.
 Bad input is answered by one line, `genlab: error: ...`, and exit code 2.
@@ -100,4 +100,4 @@ def _fail(message: str) -> None:
 
 
 # register the subcommands (after `app` exists)
-from genlab.cli import compare, demo, distill, finetune, image, imagine, models, serve, text, train  # noqa: E402,F401
+from genlab.cli import compare, demo, distill, embed, finetune, image, imagine, models, replay, serve, text, train  # noqa: E402,F401

@@ -40,7 +40,7 @@ def demo(
                  f"{str(gen.lm.dtype).removeprefix('torch.')})")
 
     console.rule("[bold]genlab demo: image")
-    from genlab.image.canvas import grid, upscale
+    from genlab.image.canvas import sheet
     from genlab.image.generator import ImageGenerator, ImageRequest
 
     images = ImageGenerator(device=device)
@@ -48,7 +48,8 @@ def demo(
                   f"guidance {images.config.guidance}, seed 0)")
     result = images.run(ImageRequest(DEMO_IMAGE_PROMPT, n=8, steps=20, seed=0))
     image_out.parent.mkdir(parents=True, exist_ok=True)
-    upscale(grid(result.images), 8).save(image_out)
+    picture = sheet(result.images, 8)  # with its receipt: genlab replay can make it again
+    picture.save(image_out)
     n_params = sum(p.numel() for p in images.model.parameters())
     image_line = (f"load {images.load_s:.2f} s · {result.model_calls} steps in {result.seconds:.2f} s · "
                   f"{result.steps_per_s:.1f} steps/s · {result.s_per_image:.3f} s/image ({n_params / 1e6:.2f}M parameters, "

@@ -71,7 +71,7 @@ def image(
     Layout: genlab image --layout examples/layouts/two.json (boxes with colours and shapes; the shapes model)
     """
     from genlab.errors import check, check_number
-    from genlab.image.canvas import grid, save_pngs, upscale
+    from genlab.image.canvas import grid, save_pngs, sheet, upscale
     from genlab.image.generator import ImageGenerator, ImageRequest, pick_model
     from genlab.diffusion.diffusers_pipeline import check_pipeline_sampler
     from genlab.registry import locate
@@ -105,8 +105,7 @@ def image(
     gen.check_prompt(request)  # one line now, not after the model has run
     with step_progress(gen.default_sampler if request.sampler is None else request.sampler, request.steps or gen.default_steps) as update:
         result = gen.run(request, on_step=lambda s: update(s.index, f"step {s.index}/{s.total}"))
-    picture = result.images[0] if n == 1 else grid(result.images)
-    pictures = [(upscale(picture, scale), out, "--out")]
+    pictures = [(sheet(result.images, scale), out, "--out")]  # with its receipt (receipts.py)
     if trajectory:
         pictures.append((upscale(grid(result.trajectory, columns=len(result.trajectory)), scale), trajectory, "--trajectory"))
     save_pngs(pictures)  # both or neither

@@ -46,7 +46,7 @@ def imagine(
     import time
 
     from genlab.errors import check, check_text
-    from genlab.image.canvas import save_png, upscale
+    from genlab.image.canvas import save_png, sheet
     from genlab.image.generator import ImageGenerator, ImageRequest
     from genlab.llm_to_image import imagine as run
     from genlab.store import check_writable
@@ -67,7 +67,7 @@ def imagine(
     painter = ImageGenerator(image_model)
     load_s = time.perf_counter() - start
     result = run(idea, seed=seed, steps=steps, guidance=guidance, text_generator=writer, image_generator=painter, plan=plan)
-    save_png(upscale(result.image, scale), out)
+    save_png(sheet([result.image], scale), out)
     if plan:
         save_plan(result.plan, out)
     console.print(f"LLM {'planned' if plan else 'wrote'}:{' ' if plan else '    '}{result.llm_text}", markup=False)

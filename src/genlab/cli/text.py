@@ -158,7 +158,11 @@ def text(
         params = dataclasses.replace(params, max_new_tokens=DEFAULT_TOKENS if max_new_tokens is None else max_new_tokens, top_logprobs=0)
     if as_json:
         result = gen.complete(prompt, params=params, system=system, raw=raw, steps=steps)
-        print(json.dumps(generation_json(gen, result), ensure_ascii=False, indent=1))
+        from genlab.receipts import text_record
+
+        record = text_record(gen, params, [{"index": 0, "prompt": prompt, "system": system, "raw": raw, "steps": steps,
+                                            "seed": result.stats.seed}])
+        print(json.dumps(generation_json(gen, result) | {"record": record}, ensure_ascii=False, indent=1))
         return
     from genlab.autoregressive.decode import DecodeStats
 

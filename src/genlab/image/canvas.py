@@ -7,12 +7,17 @@ Tensors are (B, C, H, W) in [-1, 1]; pictures are PIL images. Rounding is fixed
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import GenlabError, check
+from ..receipts import png_info
 from ..store import writing
+
+
+MAX_PIXELS = 4096 * 4096  # the largest picture read (init image, mask, sketch): bigger ones are refused unread
 
 
 def to_pil(x: torch.Tensor) -> list:
@@ -36,15 +41,29 @@ def open_image(path: str | Path, what: str, mode: str = "RGB"):
     """Open a picture as a PIL image in `mode`; transparent parts become white. One clear error if it can't."""
     from PIL import Image, UnidentifiedImageError
 
+    if hasattr(path, "seek"):
+        path.seek(0)  # an upload is read more than once (its size, then its pixels)
     try:
-        with Image.open(path if hasattr(path, "read") else Path(path).expanduser()) as im:
+        with warnings.catch_warnings():  # PIL's own decompression-bomb warning: the size is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path if hasattr(path, "read") else Path(path).expanduser())
+        with opened as im:
+            # the header says the size: refuse a huge picture before decoding it (a small PNG can hold 10000x10000)
+            check(im.size[0] * im.size[1] <= MAX_PIXELS, f"cannot read {what} {_source(path)}: it is {im.size[0]}x{im.size[1]} "
+                  f"pixels; genlab reads pictures of at most {MAX_PIXELS // 10**6} megapixels (e.g. 4096x4096)",
+                  *((what,) if what.isidentifier() else ()))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
             return im.convert(mode)
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        source = "(the uploaded picture)" if hasattr(path, "read") else repr(str(path))
-        raise GenlabError(f"cannot read {what} {source}: {getattr(e, 'strerror', None) or e}",
+        source = _source(path)
+        why = "it is not a picture (PNG, JPEG, WebP, ...)" if isinstance(e, UnidentifiedImageError) else getattr(e, 'strerror', None) or e
+        raise GenlabError(f"cannot read {what} {source}: {why}",
                           *((what,) if what.isidentifier() else ())) from None
+
+
+def _source(path) -> str:
+    return "(the uploaded picture)" if hasattr(path, "read") else repr(str(path))
 
 
 def read_image(path: str | Path, size: int, channels: int, what: str = "init_image") -> torch.Tensor:
@@ -89,7 +108,7 @@ def save_pngs(pictures: list[tuple]) -> None:
                 tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"  # open() keeps the umask's mode
                 with open(tmp, "xb") as f:
                     written.append((tmp, path))
-                    im.save(f, format="PNG")
+                    im.save(f, format="PNG", pnginfo=png_info(im))
         for (tmp, path), (_, _, what) in zip(written, pictures):
             with writing(path, what):
                 os.replace(tmp, path)
@@ -120,9 +139,26 @@ def upscale(im, factor: int):
 
 
 def png_bytes(im) -> bytes:
+    """The PNG file for a picture, with its receipt if it has one (receipts.py)."""
+    from ..receipts import png_info
+
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    im.save(buf, format="PNG", pnginfo=png_info(im))
     return buf.getvalue()
+
+
+def sheet(images: list, scale: int = 1):
+    """What `genlab image` saves: the picture, or a grid of several, enlarged `scale` times,
+    with the receipt of the request that made them (index None: all n; `scale` for replay)."""
+    import json
+
+    from ..receipts import attach
+
+    out = upscale(images[0] if len(images) == 1 else grid(images), scale)
+    if "genlab" in images[0].info and (len(images) > 1 or scale > 1):
+        record = json.loads(images[0].info["genlab"])
+        attach(out, record | {"index": None if len(images) > 1 else record["index"], "scale": scale})
+    return out
 
 
 def read_sketch(path: str | bytes, size: int = 32) -> torch.Tensor:

@@ -84,6 +84,7 @@ class ImageGenerator:
 
             self.pipeline = None
             self._use(load_model(folder, self.device, self.dtype))
+        self.adapter, self.adapter_scale = adapter and str(adapter), adapter_scale  # for receipts.py
         if adapter:
             self._merge(spec, adapter, adapter_scale)
         self.load_s = time.perf_counter() - start
@@ -105,7 +106,7 @@ class ImageGenerator:
         """Wrap a Denoiser or TextToImage already in memory (e.g. the EMA weights during training)."""
         gen = cls.__new__(cls)
         gen.device, gen.dtype, gen.folder, gen.load_s, gen.pipeline = next(model.parameters()).device, torch.float32, None, 0.0, None
-        gen.drawer, gen.name = None, "in memory"
+        gen.drawer, gen.name, gen.adapter, gen.adapter_scale = None, "in memory", None, 1.0
         gen._use(model.eval())
         return gen
 
@@ -119,7 +120,9 @@ class ImageGenerator:
     def run(self, request: ImageRequest, on_step=None) -> ImageResult:
         """Generate, calling on_step(SampleStep) after each step (for progress bars and previews)."""
         if self.pipeline is not None:
-            return self.pipeline.run(self.filled(request), on_step)
+            result = self.pipeline.run(self.filled(request), on_step)
+            self.receipts(request, result.images)
+            return result
         start = time.perf_counter()
         frames, step = [], None
         for step in self.stream(request):
@@ -127,8 +130,18 @@ class ImageGenerator:
                 on_step(step)
             if step.index in frame_indices(step.total, request.trajectory_frames):
                 frames.append(step.xt[:1])
-        return ImageResult(self.pictures(step.xt), request.seed, time.perf_counter() - start, step.calls,
+        return ImageResult(self.finished(request, step.xt), request.seed, time.perf_counter() - start, step.calls,
                            self.pictures(torch.cat(frames)) if frames else [])
+
+    def finished(self, request: ImageRequest, x: torch.Tensor) -> list:
+        """The pictures of the last step's samples, each carrying its receipt (receipts.py)."""
+        return self.receipts(request, self.pictures(x))
+
+    def receipts(self, request: ImageRequest, images: list) -> list:
+        from ..receipts import attach, image_record
+
+        request = self.filled(request)
+        return [attach(im, image_record(self, request, i, im.size)) for i, im in enumerate(images)]
 
     @torch.inference_mode()
     def pictures(self, x: torch.Tensor) -> list:
@@ -151,6 +164,10 @@ class ImageGenerator:
             self.model.condition(request.prompt, 1)
             if request.negative_prompt:
                 self.model.condition(request.negative_prompt, 1, negative=True)
+            if request.init_image:  # the pictures can be read, and picture and mask line up
+                self._init(request)
+                if request.mask:
+                    self._mask(request)
 
     def control_maps(self, request: "ImageRequest", n: int) -> torch.Tensor | None:
         """(n, CONTROL_CHANNELS, 32, 32): the request's layout and sketch as the control branch reads them, or None."""

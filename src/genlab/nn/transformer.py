@@ -238,6 +238,14 @@ class Transformer(nn.Module):
 
         Without a cache the positions are 0..T-1 and attend among themselves (training, scoring,
         the masked-diffusion LM). With one they come after cache.pos and their keys/values are kept."""
+        x = self.hidden_states(idx, cache)
+        if last_only:
+            x = x[:, -1:]  # prefill only needs the next-token distribution
+        return self.lm_head(x).float()
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the last block's output after the final norm, (B, T, dim): what lm_head reads,
+        and what a text model's sentence embedding averages (text/embed.py)."""
         B, T = idx.shape
         pos = 0 if cache is None else cache.pos
         if cache is not None and not self.cfg.causal:
@@ -253,9 +261,7 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.pos += T
-        if last_only:
-            x = x[:, -1:]  # prefill only needs the next-token distribution
-        return self.lm_head(self.norm(x)).float()
+        return self.norm(x)  # (B, T, dim)
 
     @property
     def num_parameters(self) -> int:

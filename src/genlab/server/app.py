@@ -27,7 +27,7 @@ from genlab import __version__
 from genlab.errors import GenlabError, check
 from genlab.registry import BUNDLED, KINDS, locate
 from genlab.server.admission import Admission
-from genlab.server.guards import BodyLimit, HostCheck, allowed_hosts
+from genlab.server.guards import ApiKeys, BodyLimit, HostCheck, allowed_hosts, is_loopback
 from genlab.server.protocol import APIError, validation_message
 
 log = logging.getLogger("genlab.server")
@@ -39,13 +39,18 @@ class ServerConfig:
     image_models: list[str] = field(default_factory=lambda: bundled("image"))
     concurrency: int = 1  # generations running at once
     batch: int = 8  # text generations sharing each forward pass, on an engine that batches (text/batching.py); 1 = off
-    queue: int = 8  # requests waiting for a slot before new ones get 429
+    queue: int = 8  # requests of each kind (text, image) waiting for a slot before new ones get 429 (admission.py)
     max_tokens: int = 1024  # the most tokens one request may ask for
     max_images: int = 8  # the most images one request may ask for (n)
     max_steps: int = 200  # the most denoising steps one request may ask for
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    embedding_models: list[str] = field(default_factory=lambda: ["all-minilm-l6-v2"])  # sentence encoders for
+    # /v1/embeddings (a bundled name or a sentence-transformers folder); every text model embeds too (embeddings.py)
+    max_embedding_tokens: int = 8192  # the most tokens one /v1/embeddings request may embed (after truncation)
     host: str = "127.0.0.1"  # the address served: on loopback, only loopback Host names are answered (guards.py)
     allowed_hosts: list[str] = field(default_factory=list)  # more Host names to answer (--allowed-host)
+    api_keys: list[str] = field(default_factory=list)  # when set, /v1 needs `Authorization: Bearer KEY` (guards.py)
+    cors_origins: list[str] = field(default_factory=list)  # web origins allowed to call the API from a browser; none: CORS off
     device: str = "auto"
 
     def __post_init__(self):
@@ -53,7 +58,11 @@ class ServerConfig:
         check(1 <= self.batch <= 64, f"--batch must be between 1 and 64, got {self.batch}")
         check(self.queue >= 0, f"--queue must be 0 or more, got {self.queue}")
         check(self.max_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_tokens}")
+        check(self.max_embedding_tokens >= 1, f"--max-embedding-tokens must be at least 1, got {self.max_embedding_tokens}")
         check(self.text_models or self.image_models, "give at least one --text-model or --image-model")
+        check(all(k.strip() for k in self.api_keys), "an API key cannot be empty")
+        check(self.api_keys or is_loopback(self.host), f"serving on {self.host}, beyond this machine, needs an API key: "
+              "give --api-key KEY or set GENLAB_API_KEY (clients then send Authorization: Bearer KEY)")
 
 
 def bundled(output: str) -> list[str]:
@@ -77,6 +86,11 @@ def precheck(config: ServerConfig) -> None:
             resolve(spec)  # a hub id: in the cache, or one line
     for spec in config.image_models:
         _locate_for("--image-model", spec, "image")
+    from genlab.text.embed import ENCODERS, encoder_folder
+
+    for spec in config.embedding_models:
+        check(encoder_folder(spec) is not None, f"--embedding-model {spec}: not a sentence encoder; give "
+              f"{', '.join(ENCODERS)} or a sentence-transformers folder (with modules.json)")
     names = [model_name(s) for s in config.text_models + config.image_models]
     check(len(set(names)) == len(names), f"two models would have the same id: {names}")
 
@@ -141,7 +155,7 @@ class Models:
 
 def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI:
     """The FastAPI app. load=False leaves loading to the caller (tests call app.state.models.load())."""
-    from genlab.server import images, text
+    from genlab.server import edits, embeddings, images, text
 
     config = config or ServerConfig()
 
@@ -158,7 +172,14 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
     app.state.planner, app.state.planner_lock = None, threading.Lock()  # the LLM planner, loaded on the first plan request
 
     _errors(app)
+    # the last added runs first: Host check, then CORS (a preflight carries no key), then the key, then the size limit
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(ApiKeys, keys=config.api_keys)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(HostCheck, names=allowed_hosts(config.host, config.allowed_hosts))
 
     @app.get("/health")
@@ -185,12 +206,13 @@ def create_app(config: ServerConfig | None = None, load: bool = True) -> FastAPI
     def stats():
         a = app.state.admission
         batchers = [g.lm for g in app.state.models.text.values() if hasattr(g.lm, "passes")]
-        return {"running_or_waiting": a.inside, "concurrency": a.concurrency, "batch": a.batch, "queue": a.queue,
-                "batched_passes": sum(b.passes for b in batchers), "batched_calls": sum(b.calls for b in batchers),
-                **vars(a.counters)}
+        return {**a.stats(), "batched_passes": sum(b.passes for b in batchers),
+                "batched_calls": sum(b.calls for b in batchers)}
 
     app.include_router(text.router)
     app.include_router(images.router)
+    app.include_router(edits.router)
+    app.include_router(embeddings.router)
     from fastapi.staticfiles import StaticFiles
 
     app.mount("/", StaticFiles(directory=str(resources.files("genlab") / "web"), html=True), name="web")
@@ -221,7 +243,9 @@ def _model_cards(models: Models) -> list[dict]:
                         default_guidance=gen.config.guidance if gen.config else None,
                         distilled_from=(gen.config.distilled or {}).get("teacher") if gen.config else None)
         cards.append(card)
-    return cards
+    from genlab.server.embeddings import with_embeddings
+
+    return with_embeddings(models, cards)  # and the embedding models
 
 
 def _registry_card(spec: str) -> dict:

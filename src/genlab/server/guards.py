@@ -5,12 +5,15 @@
   (localhost, 127.0.0.1, [::1]) or an --allowed-host. Otherwise a web page on any site could
   reach it through a DNS name that resolves to 127.0.0.1 (DNS rebinding), since browsers send
   that name as the Host.
+- ApiKeys: with --api-key set, every /v1 route needs `Authorization: Bearer KEY` (401 without);
+  /health, the web page and its files stay open, so a load balancer and a browser can reach them.
 - JsonErrorsProtocol: a request so malformed that uvicorn's HTTP parser rejects it (a
   Content-Length of "abc") gets a JSON 400 too, instead of uvicorn's plain text.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from fastapi.responses import JSONResponse
@@ -22,7 +25,7 @@ LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 def allowed_hosts(host: str, extra: list[str]) -> set[str] | None:
     """The Host names to answer: loopback's when serving on loopback (plus `extra`); None (any) otherwise."""
-    if host.strip("[]") in LOOPBACK or host.startswith("127."):
+    if is_loopback(host):
         return LOOPBACK | {h.lower() for h in extra}
     return {h.lower() for h in extra} or None
 
@@ -48,6 +51,30 @@ class HostCheck:
                               "name more with genlab serve --allowed-host", code="host_not_allowed")
             return await JSONResponse(e.body(), status_code=400)(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+def is_loopback(host: str) -> bool:
+    return host.strip("[]") in LOOPBACK or host.startswith("127.")
+
+
+class ApiKeys:
+    """Refuse /v1 requests without one of `keys` as a Bearer token, with OpenAI's 401 (code invalid_api_key)."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app, self.keys = app, [k.encode() for k in keys]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.keys or not scope["path"].startswith("/v1") or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)  # (an OPTIONS preflight carries no key; CORS answers it)
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        # compare_digest against every key: the time taken does not tell how much of a guess was right
+        if scheme.lower() == b"bearer" and sum(hmac.compare_digest(given.strip(), k) for k in self.keys):
+            return await self.app(scope, receive, send)
+        e = APIError(401, "a valid API key is required: send the header Authorization: Bearer KEY" if not header else
+                     "incorrect API key provided; give one of the keys this server was started with (--api-key)",
+                     code="invalid_api_key")
+        await JSONResponse(e.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 class BodyLimit:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import base64
 import io
 import time
+from contextlib import aclosing
 
 import anyio
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from genlab.errors import check
 from genlab.image.generator import ImageRequest, pick_model
+from genlab.image.request import ImageResult
 from genlab.server.admission import DONE, error_event, event_stream, in_thread, sse
 from genlab.server.protocol import ImagesRequest, now
 
@@ -59,12 +62,13 @@ async def generations(body: ImagesRequest, request: Request):
         await anyio.to_thread.run_sync(gen.check_prompt, job)
     else:
         check(not body.stream, "stream needs a genlab model; a diffusers pipeline answers in one piece")
-    ticket = request.app.state.admission.ticket()
+    ticket = request.app.state.admission.ticket("image")
     if body.stream:
         return event_stream(_stream(ticket, gen, job, body.partial_images), ticket)
-    async with ticket.slot():
-        result = await anyio.to_thread.run_sync(gen.run, job)
-        data = [{"b64_json": png_b64(im), "revised_prompt": job.prompt} for im in result.images]
+    result = await ticket.run(request, lambda: _run(ticket, gen, job))
+    if result is None:
+        return Response(status_code=499)  # the client went away; its sampling loop has stopped
+    data = [{"b64_json": png_b64(im), "revised_prompt": job.prompt} for im in result.images]
     return {"created": now(), "data": data, "model": name, "seed": result.seed,
             "timings": _timings(result.seconds, result.model_calls, len(result.images))} | (
         {"plan": job.layout.to_json()} if body.plan else {})
@@ -80,11 +84,23 @@ def _plan(app, prompt: str, seed: int):
         return write_plan(prompt, app.state.planner, seed)[0]
 
 
+async def _run(ticket, gen, job: ImageRequest) -> ImageResult:
+    """ImageGenerator.run, step by step from the sampling thread, so that a client who leaves stops
+    the sampling within a step (Ticket.run cancels this)."""
+    if gen.pipeline is not None:  # a diffusers pipeline runs in one piece
+        return await anyio.to_thread.run_sync(gen.run, job)
+    start, last = time.perf_counter(), None
+    async for last in in_thread(gen.stream(job), ticket):
+        pass
+    images = await anyio.to_thread.run_sync(gen.finished, job, last.xt)  # with their receipts (receipts.py)
+    return ImageResult(images, job.seed, time.perf_counter() - start, last.calls)
+
+
 async def _stream(ticket, gen, job: ImageRequest, partial_images: int | None):
     start, last, shown = time.perf_counter(), None, 0
     try:
-        async with ticket.slot():
-            async for step in in_thread(gen.stream(job)):
+        async with ticket.slot(), aclosing(in_thread(gen.stream(job), ticket)) as steps:  # closed at once if the client leaves
+            async for step in steps:
                 last = step
                 if step.index == 0 or not _preview(step.index, step.total, partial_images):
                     continue
@@ -93,7 +109,7 @@ async def _stream(ticket, gen, job: ImageRequest, partial_images: int | None):
                            "partial_image_index": shown, "step": step.index, "total_steps": step.total,
                            "elapsed_s": round(time.perf_counter() - start, 4), "created_at": now()})
                 shown += 1
-            images = await anyio.to_thread.run_sync(gen.pictures, last.xt)
+            images = await anyio.to_thread.run_sync(gen.finished, job, last.xt)
             seconds = time.perf_counter() - start
             for i, im in enumerate(images):
                 yield sse({"type": "image_generation.completed", "b64_json": png_b64(im), "index": i, "seed": job.seed,

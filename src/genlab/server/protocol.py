@@ -295,6 +295,8 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict | None = None):
         super().__init__(message)
+        if status in (429, 503):  # "busy" and "not ready yet" are temporary: every one says when to come back
+            headers = {"Retry-After": "1", **(headers or {})}
         self.status, self.message, self.type, self.param, self.code, self.headers = status, message, type, param, code, headers
 
     def body(self) -> dict:
@@ -306,7 +308,8 @@ class APIError(Exception):
         return cls(400, e.renamed(request_field), param=request_field(e.fields[0].split()[0]) if e.fields else None)
 
 
-REQUEST_FIELDS = {"guidance": "guidance_scale", "max_new_tokens": "max_tokens", "json_schema": "response_format"}  # library field -> request field
+REQUEST_FIELDS = {"guidance": "guidance_scale", "max_new_tokens": "max_tokens", "json_schema": "response_format",
+                  "init_image": "image"}  # library field -> request field
 
 
 def request_field(name: str) -> str:
@@ -320,6 +323,10 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         return f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})", None
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     param = ".".join(loc) or None
+    if param is None and first.get("type") == "missing":
+        return "the request body is empty; send a JSON object (see the OpenAI API reference)", None
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        return "the request body must be a JSON object, not a list, string or number", None
     message = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field; see the OpenAI API reference and genlab's extensions in docs/server.md"

@@ -7,25 +7,30 @@ n uses seed S + i. A stream sends one chunk per text piece and ends with `data: 
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import dataclass
-from functools import partial
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from genlab import __version__
 from genlab.errors import check
+from genlab.receipts import fingerprint, text_record
 from genlab.server.admission import DONE, error_event, event_stream, in_thread, sse
 from genlab.server.protocol import (ChatRequest, CompletionRequest, chat_logprobs, completion_logprobs, new_id, now,
                                     usage)
 from genlab.autoregressive.decode import DecodeStats
 from genlab.autoregressive.sampling import SamplingParams
 from genlab.text.batching import Batcher
+from genlab.text.generator import Generation
 
 router = APIRouter()
 MAX_CHOICES = 16
-FINGERPRINT = f"genlab-{__version__}"
+
+
+def _record(gen, choices: list[Choice], stats: list[DecodeStats]) -> dict:
+    """The request's receipt: each choice's input and the seed it used (genlab replay runs it again)."""
+    inputs = [{"index": c.index, **c.prompt, "steps": c.steps, "seed": s.seed} for c, s in zip(choices, stats)]
+    return text_record(gen, choices[0].params, inputs)
 
 
 @dataclass
@@ -86,15 +91,12 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 async def respond(request: Request, gen, name: str, body, choices: list[Choice], chat: bool):
-    ticket = request.app.state.admission.ticket(batched=isinstance(gen.lm, Batcher))
+    ticket = request.app.state.admission.ticket("text", batched=isinstance(gen.lm, Batcher))
     if body.stream:
         return event_stream(_stream(ticket, gen, name, body, choices, chat), ticket)
-    done = []
-    async with ticket.slot():
-        for c in choices:
-            if done and await request.is_disconnected():  # nobody is waiting for the remaining choices
-                return Response(status_code=499)
-            done.append(await anyio.to_thread.run_sync(partial(gen.complete, **c.prompt, params=c.params, steps=c.steps)))
+    done = await ticket.run(request, lambda: _complete_all(ticket, gen, choices))
+    if done is None:
+        return Response(status_code=499)  # the client went away; its decoding has stopped
     out = []
     for c, g in zip(choices, done):
         logprobs = _logprobs(gen, body, c, g.tokens, chat, 0)
@@ -102,9 +104,9 @@ async def respond(request: Request, gen, name: str, body, choices: list[Choice],
         out.append({"index": c.index, **answer, "logprobs": logprobs, "finish_reason": g.finish_reason})
     prompt_tokens = sum(g.stats.prompt_tokens for c, g in zip(choices, done) if c.index % body.n == 0)
     return {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion" if chat else "text_completion",
-            "created": now(), "model": name, "system_fingerprint": FINGERPRINT, "choices": out,
+            "created": now(), "model": name, "system_fingerprint": fingerprint(gen), "choices": out,
             "usage": usage(prompt_tokens, sum(g.stats.completion_tokens for g in done), [g.stats for g in done]),
-            "seed": body.seed,
+            "seed": body.seed, "record": _record(gen, choices, [g.stats for g in done]),
             "timings": _timings(done[0].stats)}
 
 
@@ -115,7 +117,7 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     def chunk(choice: dict | None, **extra) -> str:
-        return sse({"id": cid, "object": kind, "created": created, "model": name, "system_fingerprint": FINGERPRINT,
+        return sse({"id": cid, "object": kind, "created": created, "model": name, "system_fingerprint": fingerprint(gen),
                     "choices": [choice] if choice else [], **extra})
 
     prompt_tokens = completion_tokens = 0
@@ -129,15 +131,18 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
                     yield chunk({"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None})
                 finish = "length"
-                async for piece in in_thread(gen.stream(**c.prompt, params=c.params, stats=stats, steps=c.steps)):
-                    logprobs = _logprobs(gen, body, c, piece.tokens, chat, offset) if piece.tokens else None
-                    offset += len(piece.text)
-                    finish = piece.finish_reason or finish
-                    if piece.text or logprobs:
-                        payload = {"delta": {"content": piece.text}} if chat else {"text": piece.text}
-                        yield chunk({"index": c.index, **payload, "logprobs": logprobs, "finish_reason": None})
+                async with aclosing(_pieces(ticket, gen, c, stats)) as pieces:  # closed at once if the client leaves
+                    async for piece in pieces:
+                        logprobs = _logprobs(gen, body, c, piece.tokens, chat, offset) if piece.tokens else None
+                        offset += len(piece.text)
+                        finish = piece.finish_reason or finish
+                        if piece.text or logprobs:
+                            payload = {"delta": {"content": piece.text}} if chat else {"text": piece.text}
+                            yield chunk({"index": c.index, **payload, "logprobs": logprobs, "finish_reason": None})
                 end = {"delta": {}} if chat else {"text": ""}
-                yield chunk({"index": c.index, **end, "logprobs": None, "finish_reason": finish}, timings=_timings(stats))
+                # the last finish chunk carries the request's receipt (receipts.py), as genlab's extension
+                last = {"record": _record(gen, choices, every)} if c is choices[-1] else {}
+                yield chunk({"index": c.index, **end, "logprobs": None, "finish_reason": finish}, timings=_timings(stats), **last)
                 prompt_tokens += stats.prompt_tokens if c.index % body.n == 0 else 0
                 completion_tokens += stats.completion_tokens
         if include_usage:
@@ -145,6 +150,27 @@ async def _stream(ticket, gen, name: str, body, choices: list[Choice], chat: boo
     except Exception as e:
         yield error_event(e)
     yield DONE
+
+
+async def _complete_all(ticket, gen, choices: list[Choice]) -> list[Generation]:
+    """TextGenerator.complete for each choice, fed piece by piece from the decoding thread, so that
+    a client who leaves stops the decoding within a step (Ticket.run cancels this)."""
+    done = []
+    for c in choices:
+        stats, text, tokens, finish = DecodeStats(), [], [], "length"
+        async for piece in _pieces(ticket, gen, c, stats):
+            text.append(piece.text)
+            tokens.extend(piece.tokens)
+            finish = piece.finish_reason or finish
+        done.append(Generation("".join(text), finish, stats, tokens))
+    return done
+
+
+def _pieces(ticket, gen, c: Choice, stats: DecodeStats):
+    """One choice's TextPieces from its own thread. A decoding step is a forward pass: a speculative
+    pass that keeps k guesses makes k + 1 tokens, so passes = tokens - kept guesses."""
+    return in_thread(gen.stream(**c.prompt, params=c.params, stats=stats, steps=c.steps), ticket,
+                     steps=lambda: stats.completion_tokens - stats.accepted_tokens)
 
 
 def _logprobs(gen, body, choice: Choice, tokens, chat: bool, offset: int) -> dict | None:

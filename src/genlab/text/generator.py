@@ -50,10 +50,12 @@ class TextGenerator:
         dev = resolve_device(device)
         pick_dtype(dev, dtype)  # reject a bad device, dtype or engine before any slow work
         gguf = gguf_file(model)
-        pick_engine(engine, dev, dtype, gguf)
+        self.engine = pick_engine(engine, dev, dtype, gguf)
+        self.device, self.dtype, self.adapter = dev, dtype, adapter and str(adapter)  # what a receipt records (receipts.py)
         self.model_name = model
         self.kind = text_kind(model)
         self.folder = resolve(model)
+        self.weights_path = gguf or self.folder  # the file the numbers come from, for the receipt's digest
         if self.kind.name == "diffusion-lm":  # unmasking.py: the same calls, another sampler
             from genlab.diffusion.unmasking import UnmaskingText
 

@@ -5,9 +5,24 @@
 const $ = (id) => document.getElementById(id);
 const state = { chat: [], abort: null, frames: [], models: [] };
 
+// ---- the API key: asked once when the server answers 401 (genlab serve --api-key), then kept ----
+const KEY = "genlab-api-key";
+
+async function api(url, init = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const key = localStorage.getItem(KEY);
+    const headers = { ...(init.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+    const response = await fetch(url, { ...init, headers });
+    if (response.status !== 401 || attempt > 0) return response;
+    const given = window.prompt(key ? "That API key was refused. API key:" : "This server needs an API key:");
+    if (!given) return response;
+    localStorage.setItem(KEY, given.trim());
+  }
+}
+
 // ---- Server-Sent Events over fetch: yields each `data:` payload, parsed -------------------------
 async function* events(url, body, signal) {
-  const response = await fetch(url, {
+  const response = await api(url, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal,
   });
   if (!response.ok) {
@@ -60,8 +75,11 @@ async function waitUntilReady() {
     } catch (e) { badge.textContent = "server unreachable"; }
     await new Promise((r) => setTimeout(r, 1000));
   }
-  state.models = (await (await fetch("/v1/models")).json()).data;
+  const listed = await api("/v1/models");
+  if (!listed.ok) { showError((await listed.json().catch(() => ({}))).error?.message || `HTTP ${listed.status}`); return; }
+  state.models = (await listed.json()).data;
   for (const m of state.models) {
+    if (m.kind === "embedding") continue;  // /v1/embeddings only: the page writes and draws
     const option = new Option(m.id + (m.size ? ` (${m.size})` : ""), m.id);
     $(m.kind === "text" ? "text-model" : "image-model").append(option);
   }
