@@ -157,3 +157,42 @@ def test_boxes_drawn_on_the_page_steer_the_picture(page, server, shots):
     page.click("#control-clear")
     assert "drag on the square" in page.inner_text("#control-list")
     assert page.errors == []
+
+
+def test_edit_the_picture_shown_and_compare_texts(page, server, shots):
+    """The page's edit button sends the picture it shows to /v1/images/edits (img2img), and its
+    compare-texts panel shows /v1/embeddings' cosine similarities."""
+    import io
+
+    from PIL import Image
+
+    page.fill("#image-prompt", "a handwritten 7")
+    page.select_option("#image-model", "digits")
+    page.fill("#steps", "8")
+    page.fill("#image-seed", "2")
+    page.evaluate("document.getElementById('image-preview').removeAttribute('data-done')")
+    page.click("#image-go")
+    page.wait_for_selector("#image-preview[data-done='1']", timeout=120_000)
+    seven = base64.b64decode(page.get_attribute("#image-preview", "src").split(",")[1])
+    page.fill("#image-prompt", "a handwritten 1")
+    page.fill("#edit-strength", "0.7")
+    page.click("#edit-go")
+    page.wait_for_selector("#image-preview[data-edited]", timeout=120_000)
+    edited = page.get_attribute("#image-preview", "src")
+    api = httpx.post(server.url + "/v1/images/edits", files={"image": ("seven.png", seven, "image/png")}, timeout=120,
+                     data={"prompt": "a handwritten 1", "model": "digits", "strength": "0.7", "steps": "8", "seed": "2"}).json()
+    # the page's edit = the API's: the same pixels (the receipts differ only in the digest of the picture
+    # sent: the page re-encodes the one it shows)
+    pictures = [Image.open(io.BytesIO(base64.b64decode(b))) for b in (edited.split(",")[1], api["data"][0]["b64_json"])]
+    assert pictures[0].tobytes() == pictures[1].tobytes()
+    assert "edited" in page.inner_text("#image-step")
+
+    page.click("#embed-pad summary")
+    page.click("#embed-go")
+    page.wait_for_selector("#embed-table[data-done='1']", timeout=60_000)
+    rows = [[c.inner_text() for c in r.locator("td").all()] for r in page.locator("#embed-table tr").all()]
+    assert rows[0][0] == "384 dimensions" and rows[1][1] == "1.00"
+    cat_kitten, cat_stocks = float(rows[1][2]), float(rows[1][3])
+    assert cat_kitten > cat_stocks + 0.3  # the cat is nearer the kitten than the stock market
+    page.screenshot(path=str(shots / "6-edit-and-embeddings.png"))
+    assert page.errors == []

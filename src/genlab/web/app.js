@@ -79,10 +79,13 @@ async function waitUntilReady() {
   if (!listed.ok) { showError((await listed.json().catch(() => ({}))).error?.message || `HTTP ${listed.status}`); return; }
   state.models = (await listed.json()).data;
   for (const m of state.models) {
-    if (m.kind === "embedding") continue;  // /v1/embeddings only: the page writes and draws
+    if ((m.routes || []).includes("/v1/embeddings")) $("embed-model").append(new Option(m.id, m.id));
+    if (m.kind === "embedding") continue;  // /v1/embeddings only: the compare-texts panel
     const option = new Option(m.id + (m.size ? ` (${m.size})` : ""), m.id);
     $(m.kind === "text" ? "text-model" : "image-model").append(option);
   }
+  const encoder = state.models.find((m) => m.kind === "embedding");  // a sentence encoder compares meanings best
+  if (encoder) $("embed-model").value = encoder.id;
   $("image-model").addEventListener("change", imageOptions);
   imageOptions();
   document.body.dataset.ready = "1";
@@ -265,12 +268,90 @@ async function generateImage(event) {
     slider.disabled = state.frames.length < 2;
     showFrame(state.frames.length - 1);
     $("image-preview").dataset.done = "1";
+    $("edit-go").disabled = false;
   } catch (e) {
     showError(e.message);
     $("image-step").textContent = "failed: " + e.message;
   } finally {
     button.disabled = false;
   }
+}
+
+// ---- edits: the picture shown, sent back as multipart with the prompt (img2img, or inpainting the sketch) ----
+async function pngBlob(source, size) {
+  // a PNG of `source` (an <img> or a canvas) at size x size pixels
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = size;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, size, size);
+  ctx.drawImage(source, 0, 0, size, size);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function editImage() {
+  const last = state.frames[state.frames.length - 1];
+  if (!last) return;
+  const picture = new Image();
+  picture.src = "data:image/png;base64," + last.x0;
+  await picture.decode();
+  const form = new FormData();
+  form.append("image", await pngBlob(picture, picture.naturalWidth), "picture.png");
+  if ($("edit-masked").checked) {
+    if (!pad.sketched) { showError("sketch the area to repaint first (layout and sketch, then draw: sketch)"); return; }
+    form.append("mask", await pngBlob(pad.sketch, picture.naturalWidth), "mask.png");  // white strokes: repaint
+  } else {
+    form.append("strength", $("edit-strength").value);
+  }
+  form.append("prompt", $("image-prompt").value);
+  for (const [field, value] of [["model", $("image-model").value], ["seed", $("image-seed").value], ["steps", $("steps").value]]) {
+    if (value) form.append(field, value);
+  }
+  $("edit-go").disabled = true;
+  try {
+    const response = await api("/v1/images/edits", { method: "POST", body: form });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${response.status}`);
+    state.frames.push({ x0: answer.data[0].b64_json, xt: answer.data[0].b64_json, label: `edited · seed ${answer.seed}` });
+    $("trajectory").max = state.frames.length - 1; $("trajectory").value = state.frames.length - 1;
+    showFrame(state.frames.length - 1);
+    $("image-stats").textContent = `edited in ${answer.timings.seconds.toFixed(2)} s · ${answer.timings.model_calls} model calls`;
+    $("image-preview").dataset.edited = String(state.frames.length);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("edit-go").disabled = false;
+  }
+}
+
+// ---- embeddings: each text's vector, and the cosine similarity of every pair --------------------
+async function compareTexts() {
+  const texts = $("embed-input").value.split("\n").map((t) => t.trim()).filter(Boolean);
+  if (!texts.length) { showError("write one text per line"); return; }
+  const response = await api("/v1/embeddings", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ model: $("embed-model").value, input: texts }),
+  });
+  const answer = await response.json();
+  if (!response.ok) { showError(answer.error ? answer.error.message : `HTTP ${response.status}`); return; }
+  const vectors = answer.data.map((d) => d.embedding);  // normalised: the dot product is the cosine
+  const cos = (a, b) => a.reduce((sum, x, i) => sum + x * b[i], 0);
+  const table = $("embed-table");
+  table.replaceChildren();
+  const head = table.insertRow();
+  head.insertCell().textContent = `${vectors[0].length} dimensions`;
+  texts.forEach((_, j) => { head.insertCell().textContent = `#${j + 1}`; });
+  texts.forEach((text, i) => {
+    const row = table.insertRow();
+    row.insertCell().textContent = `#${i + 1} ${text}`;
+    vectors.forEach((v) => {
+      const cell = row.insertCell();
+      const c = cos(vectors[i], v);
+      cell.textContent = c.toFixed(2);
+      cell.style.background = `hsl(${Math.max(0, c) * 120}, 70%, 85%)`;
+    });
+  });
+  table.dataset.done = "1";
 }
 
 // ---- spatial control: boxes (a layout) and a sketch, drawn on a 256x256 canvas over the 32x32 picture ----
@@ -372,6 +453,8 @@ $("show-probs").addEventListener("change", (e) => {
 $("chat-log").addEventListener("mouseover", (e) => showCandidates(e.target.closest(".tok")));
 $("chat-log").addEventListener("mouseleave", () => { $("token-popup").hidden = true; });
 $("image-form").addEventListener("submit", generateImage);
+$("edit-go").addEventListener("click", editImage);
+$("embed-go").addEventListener("click", compareTexts);
 $("trajectory").addEventListener("input", (e) => showFrame(Number(e.target.value)));
 document.querySelectorAll("input[name=view]").forEach((r) => r.addEventListener("change", () =>
   showFrame($("trajectory").disabled ? state.frames.length - 1 : Number($("trajectory").value))));
