@@ -122,15 +122,6 @@ def png_info(image):
     return info
 
 
-def png_bytes(image) -> bytes:
-    """The PNG file for an image, with its receipt."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(image))
-    return buffer.getvalue()
-
-
 def _image_class():
     from PIL import Image
 
@@ -148,7 +139,7 @@ def _receipted_class():
 
         class ReceiptedImage(Image.Image):
             def save(self, fp, format=None, **params):
-                if "pnginfo" not in params and png_info(self) is not None:
+                if "pnginfo" not in params:
                     params["pnginfo"] = png_info(self)
                 return super().save(fp, format, **params)
 

@@ -140,8 +140,6 @@ def upscale(im, factor: int):
 
 def png_bytes(im) -> bytes:
     """The PNG file for a picture, with its receipt if it has one (receipts.py)."""
-    from ..receipts import png_info
-
     buf = io.BytesIO()
     im.save(buf, format="PNG", pnginfo=png_info(im))
     return buf.getvalue()

@@ -128,7 +128,7 @@ async def edits(request: Request):
         _, height, width = gen.pixel_shape
         check(form.size in ("auto", f"{width}x{height}"), f"size {form.size!r} is not available: model {name!r} draws "
               f"{width}x{height} pictures (the upload is resized to that); send size '{width}x{height}' or leave it out", "size")
-    await anyio.to_thread.run_sync(_check, gen, job)
+    await anyio.to_thread.run_sync(gen.check_prompt, job)  # a 400 now: the prompt, and picture and mask readable and aligned
     ticket = request.app.state.admission.ticket("image")
     result = await ticket.run(request, lambda: _run(ticket, gen, job))  # a client who leaves stops the sampling
     if result is None:
@@ -136,8 +136,3 @@ async def edits(request: Request):
     data = [{"b64_json": png_b64(im), "revised_prompt": job.prompt} for im in result.images]
     return {"created": now(), "data": data, "model": name, "seed": result.seed,
             "timings": _timings(result.seconds, result.model_calls, len(result.images))}
-
-
-def _check(gen, job: ImageRequest) -> None:
-    """One 400 now, before queueing: the prompt, and that picture and mask can be read and line up."""
-    gen.check_prompt(job)

@@ -13,7 +13,6 @@ progress bar (ImageGenerator.stream).
 from __future__ import annotations
 
 import base64
-import io
 import time
 from contextlib import aclosing
 
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from genlab.errors import check
+from genlab.image.canvas import png_bytes
 from genlab.image.generator import ImageRequest, pick_model
 from genlab.image.request import ImageResult
 from genlab.server.admission import DONE, error_event, event_stream, in_thread, sse
@@ -31,10 +31,8 @@ router = APIRouter()
 
 
 def png_b64(image) -> str:
-    """The PNG bytes `genlab image` would write, base64-encoded."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    """The PNG bytes `genlab image` would write (canvas.png_bytes: with the receipt), base64-encoded."""
+    return base64.b64encode(png_bytes(image)).decode()
 
 
 @router.post("/v1/images/generations")
