@@ -35,7 +35,20 @@ def test_a_layout_parses_renders_and_is_scored_on_real_pixels():
         assert all(placed(detect(render(lay.scene())), lay)), lay
 
 
+def test_a_size_fits_the_box_around_its_centre():
+    """"size" says how big the shape in the box is: the box becomes that size's around the same centre, inside the picture."""
+    first, second = TWO["objects"]
+    layout = Layout.parse({"objects": [dict(first, size="small"), dict(second, size="big")]})
+    assert [o.box for o in layout.objects] == [(4, 6, 14, 16), (17, 13, 31, 27)]
+    assert [o.size for o in layout.objects] == ["small", "big"] and [o.centre for o in layout.objects] == [(9, 11), (24, 20)]
+    corner = Layout.parse({"objects": [{"color": "red", "shape": "circle", "size": "big", "box": [22, 0, 32, 9]}]})
+    assert corner.objects[0].box == (18, 0, 32, 14)  # moved in from the edge, not cut
+    assert Layout.parse(corner.to_json()) == corner and "size" not in corner.to_json()["objects"][0]
+
+
 @pytest.mark.parametrize("value,message", [
+    ({"objects": [{"color": "red", "shape": "circle", "size": "huge", "box": [0, 0, 10, 10]}]},
+     "layout object 0 has size 'huge'; sizes are small and big"),
     ({"objects": [{"color": "pink", "shape": "circle", "box": [0, 0, 10, 10]}]}, "layout object 0 has colour 'pink'; the shapes model knows red"),
     ({"objects": [{"color": "red", "shape": "star", "box": [0, 0, 10, 10]}]}, "layout object 0 has shape 'star'; the shapes model knows circle"),
     ({"objects": [{"color": "red", "shape": "circle", "box": [0, 0, 40, 10]}]}, "box [0, 0, 40, 10] is outside the 32x32 picture"),

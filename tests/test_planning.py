@@ -49,8 +49,8 @@ def test_the_bundled_planner_plans_held_out_phrasings(writer):
 
 
 @pytest.mark.xfail(strict=True, reason="known defect (issue 27): the planner, trained on captions that name the placed "
-                                       "object first, puts the circle above the triangle when the sentence starts with "
-                                       "the reference object")
+                                       "object first, misplans a sentence that starts with the reference object "
+                                       "(docs/control.md)")
 def test_the_planner_reads_a_sentence_that_starts_with_the_reference_object(writer):
     from genlab.llm_to_image import write_plan
 

@@ -3,7 +3,7 @@
     from genlab import imagine
     result = imagine("something that looks like a traffic light", seed=0)
     result.prompt, result.image          # "a red circle above a green circle", a PIL image
-    result = imagine("below a red triangle there is a blue circle", plan=True)
+    result = imagine("there is a small blue circle below a big red triangle", plan=True)
     result.plan                          # Layout: each object's colour, shape and box, written by the LLM
 
 With plan=True (LLM-grounded diffusion, Lian et al. 2023) the LLM does not write a caption but
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import GenlabError
-from .data.layouts import MAX_OBJECTS, Layout
+from .data.layouts import HALF, MAX_OBJECTS, Layout
 from .data.shapes import COLORS, SHAPES, SIZE, Spec, describe, parse
 
 INSTRUCTIONS = (
@@ -59,24 +59,34 @@ class Imagined:
 
 PLAN_SCHEMA = {"type": "object", "required": ["objects"], "properties": {"objects": {
     "type": "array", "minItems": 1, "maxItems": MAX_OBJECTS, "items": {
-        "type": "object", "required": ["color", "shape", "box"], "properties": {
-            "color": {"enum": list(COLORS)}, "shape": {"enum": list(SHAPES)},
+        "type": "object", "required": ["color", "shape", "size", "box"], "properties": {
+            "color": {"enum": list(COLORS)}, "shape": {"enum": list(SHAPES)}, "size": {"enum": list(HALF)},
             "box": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": SIZE}, "minItems": 4, "maxItems": 4}}}}}}
-# the planner adapter learned the rest (boxes [x0, y0, x1, y1] on the 32x32 picture, x to the right, y down)
-PLAN_INSTRUCTIONS = "Plan the picture as JSON: each object's color, shape and box."
-HALF = {"big": 7, "small": 5}  # half a box's side: big shapes are 13-14 pixels across, small ones 8-9
+# the planner adapter learned the rest (boxes [x0, y0, x1, y1] on the 32x32 picture, x to the right, y down).
+# The size comes before the box: the LLM copies "small" or "big" from the prompt into a word of its own, and
+# the box's side follows from that word (Layout.parse fits the box to it), not from digits it must get right:
+# a planner whose boxes said both where and how big drew "small" objects big in 5 of 44 held-out relations.
+PLAN_INSTRUCTIONS = "Plan the picture as JSON: each object's color, shape, size and box."
 SPOTS = {"left": (8, 16), "right": (24, 16), "top": (16, 8), "bottom": (16, 24), None: (16, 16)}
 PAIRS = {"left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom"), "below": ("bottom", "top")}
 
 
-def plan_of(spec: Spec) -> Layout:
-    """The layout a spec asks for, with its objects where a person would put them: the planner's training answers."""
+def plan_json(spec: Spec) -> dict:
+    """The planner's training answer for a spec: each object where a person would put it, as a box of the big
+    size at its spot (the box says where), and its size as a word ("small" or "big": how big). The LLM's box
+    digits then depend only on where an object goes, and its size only on a word it copies from the prompt."""
     spots = [spec.where] if spec.kind == "position" else list(PAIRS[spec.where or "left of"]) if len(spec.objects) == 2 else [None]
-    objects = []
+    objects, h = [], HALF["big"]
     for want, spot in zip(spec.objects, spots):
-        (x, y), h = SPOTS[spot], HALF[want.size or "big"]
-        objects.append({"color": want.color or "red", "shape": want.shape, "box": [x - h, y - h, x + h, y + h]})
-    return Layout.parse({"objects": objects})
+        x, y = SPOTS[spot]
+        objects.append({"color": want.color or "red", "shape": want.shape, "size": want.size or "big",
+                        "box": [x - h, y - h, x + h, y + h]})
+    return {"objects": objects}
+
+
+def plan_of(spec: Spec) -> Layout:
+    """The layout a spec asks for (plan_json, each box fitted to its size): what the planner should write."""
+    return Layout.parse(plan_json(spec))
 
 
 PLANNER = "shapes-planner"  # the bundled LoRA adapter that teaches SmolLM2 to plan (src/genlab/weights/; docs/control.md)
@@ -94,7 +104,7 @@ def plan_data(path: str, count: int = 1500, seed: int = 0) -> None:
     world, lines = ShapesWorld("train", seed=seed), []
     for i in range(count):
         scene, caption = world.example(i)
-        reply = json.dumps(plan_of(scene.spec).to_json())
+        reply = json.dumps(plan_json(scene.spec))
         lines.append(json.dumps({"messages": [{"role": "system", "content": PLAN_INSTRUCTIONS}, {"role": "user", "content": caption},
                                               {"role": "assistant", "content": reply}]}))
     with open(path, "w") as f:
@@ -113,7 +123,7 @@ def write_plan(idea: str, text_generator, seed: int = 0) -> tuple[str, Layout]:
     """Ask the LLM (with the planner adapter: planner()) for the layout of `idea`, as JSON under PLAN_SCHEMA;
     returns its text and the Layout."""
     if not idea or not idea.strip():
-        raise GenlabError("the prompt is empty; describe what to draw, e.g. 'below a red triangle there is a blue circle'")
+        raise GenlabError("the prompt is empty; describe what to draw, e.g. 'there is a small blue circle below a big red triangle'")
     messages = [{"role": "system", "content": PLAN_INSTRUCTIONS}, {"role": "user", "content": idea.strip()}]
     text = ""
     for temperature in (0.0, 0.7):  # greedy first, then one sampled retry

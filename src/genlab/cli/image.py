@@ -87,7 +87,7 @@ def image(
             check_writable(path, what)
     check(not (plan and layout), "give --plan or --layout, not both: --plan writes the layout from the prompt")
     if plan:
-        check(bool(prompt and prompt.strip()), "--plan needs a prompt to plan, e.g. 'below a red triangle there is a blue circle'")
+        check(bool(prompt and prompt.strip()), "--plan needs a prompt to plan, e.g. 'there is a small blue circle below a big red triangle'")
         from genlab.llm_to_image import planner, write_plan
 
         text, planned = write_plan(prompt, planner(), seed or 0)

@@ -12,6 +12,10 @@ the 32x32 picture (x to the right, y down, x1 and y1 exclusive), as JSON:
 
 Sketches, edge maps and masks (a grayscale picture: light strokes or filled regions on dark) take
 the last channel of the same maps, so one control branch reads either or both.
+
+An object may also say its size, "small" or "big" ({"color": "red", "shape": "circle", "size": "small",
+"box": [2, 4, 14, 16]}): the box then says where, and the size how big the shape in it is drawn, as a
+box of the size's side (HALF) around the given box's centre. The LLM's plans say both (llm_to_image.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def class_maps(scene: Scene, cells: int) -> torch.Tensor:
 
 MAX_OBJECTS = 3
 MIN_BOX = 8  # pixels per side: the smallest shape the world draws is 8-9 pixels across
+HALF = {"big": 7, "small": 5}  # half the side of the box a shape of each size fills: big shapes are 13-14 pixels across, small 8-9
 CONTROL_CHANNELS = len(COLORS) + len(SHAPES) + 2  # colour one-hot, shape one-hot, box mask, sketch
 
 
@@ -96,8 +101,9 @@ class Layout:
 
 def _box(i: int, o) -> Box:
     where = f"layout object {i}"
-    check(isinstance(o, dict) and set(o) <= {"color", "shape", "box"} and {"color", "shape", "box"} <= set(o),
-          f"{where} must be {{\"color\": ..., \"shape\": ..., \"box\": [x0, y0, x1, y1]}}, got {json.dumps(o)[:80]}", where)
+    check(isinstance(o, dict) and {"color", "shape", "box"} <= set(o) <= {"color", "shape", "size", "box"},
+          f"{where} must be {{\"color\": ..., \"shape\": ..., \"box\": [x0, y0, x1, y1]}} (and optionally \"size\": "
+          f"small or big), got {json.dumps(o)[:80]}", where)
     check(o["color"] in COLORS, f"{where} has colour {o['color']!r}; the shapes model knows {', '.join(COLORS)}", where)
     check(o["shape"] in SHAPES, f"{where} has shape {o['shape']!r}; the shapes model knows {', '.join(SHAPES)}", where)
     box = o["box"]
@@ -108,7 +114,19 @@ def _box(i: int, o) -> Box:
           f"{where}: box {box} is outside the {SIZE}x{SIZE} picture (0 <= x0 < x1 <= {SIZE}, the same for y)", where)
     check(x1 - x0 >= MIN_BOX and y1 - y0 >= MIN_BOX,
           f"{where}: box {box} is {x1 - x0}x{y1 - y0} pixels; a shape needs at least {MIN_BOX}x{MIN_BOX}", where)
+    if "size" in o:
+        check(o["size"] in HALF, f"{where} has size {o['size']!r}; sizes are small and big", where)
+        x0, y0, x1, y1 = _fit(box, HALF[o["size"]])
     return Box(o["color"], o["shape"], (x0, y0, x1, y1))
+
+
+def _fit(box, half: int) -> tuple[int, int, int, int]:
+    """A box of side 2 * half around the centre of `box`, moved inside the picture where it would stick out."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    left = min(max(cx - half, 0), SIZE - 2 * half)
+    top = min(max(cy - half, 0), SIZE - 2 * half)
+    return left, top, left + 2 * half, top + 2 * half
 
 
 def control_maps(layout: Layout | None, sketch: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,7 +41,7 @@ async def generations(body: ImagesRequest, request: Request):
     layout = body.layout
     if body.plan:  # the LLM writes the layout (llm_to_image.py); the prompt becomes the plan's caption
         check(body.layout is None, "give plan or layout, not both: plan writes the layout from the prompt", "plan")
-        check(body.prompt.strip() != "", "plan needs a prompt to plan, e.g. 'below a red triangle there is a blue circle'", "plan")
+        check(body.prompt.strip() != "", "plan needs a prompt to plan, e.g. 'there is a small blue circle below a big red triangle'", "plan")
         layout = await anyio.to_thread.run_sync(_plan, request.app, body.prompt, body.seed or 0)
     control = {"layout": layout, "control": body.control_png()} if layout is not None or body.control else {}
     if body.control_scale is not None:
