@@ -48,7 +48,9 @@ def test_a_size_fits_the_box_around_its_centre():
 
 @pytest.mark.parametrize("value,message", [
     ({"objects": [{"color": "red", "shape": "circle", "size": "huge", "box": [0, 0, 10, 10]}]},
-     "layout object 0 has size 'huge'; sizes are small and big"),
+     'layout object 0 has size "huge"; sizes are small and big'),
+    ({"objects": [{"color": "red", "shape": "circle", "size": ["big"], "box": [0, 0, 10, 10]}]},
+     'layout object 0 has size ["big"]; sizes are small and big'),
     ({"objects": [{"color": "pink", "shape": "circle", "box": [0, 0, 10, 10]}]}, "layout object 0 has colour 'pink'; the shapes model knows red"),
     ({"objects": [{"color": "red", "shape": "star", "box": [0, 0, 10, 10]}]}, "layout object 0 has shape 'star'; the shapes model knows circle"),
     ({"objects": [{"color": "red", "shape": "circle", "box": [0, 0, 40, 10]}]}, "box [0, 0, 40, 10] is outside the 32x32 picture"),

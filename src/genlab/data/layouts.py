@@ -115,7 +115,7 @@ def _box(i: int, o) -> Box:
     check(x1 - x0 >= MIN_BOX and y1 - y0 >= MIN_BOX,
           f"{where}: box {box} is {x1 - x0}x{y1 - y0} pixels; a shape needs at least {MIN_BOX}x{MIN_BOX}", where)
     if "size" in o:
-        check(o["size"] in HALF, f"{where} has size {o['size']!r}; sizes are small and big", where)
+        check(o["size"] in tuple(HALF), f"{where} has size {json.dumps(o['size'])[:20]}; sizes are small and big", where)
         x0, y0, x1, y1 = _fit(box, HALF[o["size"]])
     return Box(o["color"], o["shape"], (x0, y0, x1, y1))
 
